@@ -1,0 +1,226 @@
+"""The CUDA extension vin_kernels._C as built by setup.py: runs on a CPU-only machine.
+
+Checks that the extension is built whenever nvcc is found, imports without a GPU, reports its build
+(runtime version, CUDA architectures), refuses bad calls with Python exceptions instead of crashing,
+and that the pure-Python build (VIN_KERNELS_CUDA=0) and the knob's validation work through pip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import vin_kernels
+from vin_kernels import ChunkLayout
+from vin_kernels import cuda as vcuda
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_nvcc() -> str | None:
+    """The nvcc setup.py would use (same lookup as setup.py's find_nvcc)."""
+    candidates = [os.environ.get("CUDACXX")]
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
+    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def _cuda_build_disabled() -> bool:
+    return os.environ.get("VIN_KERNELS_CUDA", "auto").strip().lower() == "0"
+
+
+needs_extension = pytest.mark.skipif(not vcuda.is_built(), reason=f"vin_kernels._C is not built: {vcuda.build_problem()}")
+
+
+# ------------------------------------------------------------------------------------ the build
+def test_extension_is_built_when_nvcc_is_found():
+    if _cuda_build_disabled():
+        pytest.skip("VIN_KERNELS_CUDA=0: the pure-Python build was requested")
+    if find_nvcc() is None:
+        pytest.skip("nvcc not found ($CUDACXX, $CUDA_HOME/bin/nvcc, PATH, /usr/local/cuda/bin/nvcc)")
+    assert vcuda.is_built(), f"nvcc is at {find_nvcc()} but the extension is unavailable: {vcuda.build_problem()}"
+    assert vcuda.build_problem() == ""
+
+
+def test_build_problem_explains_a_missing_extension():
+    if vcuda.is_built():
+        assert vcuda.build_problem() == ""
+    else:
+        assert "vin_kernels._C" in vcuda.build_problem()
+        with pytest.raises(RuntimeError, match="vin_kernels._C"):
+            vcuda.extension()
+
+
+@needs_extension
+def test_extension_imports_without_a_gpu():
+    ext = vcuda.extension()
+    assert ext.__name__ == "vin_kernels._C"
+    assert Path(ext.__file__).resolve().parent == Path(vin_kernels.__file__).resolve().parent
+
+
+@needs_extension
+def test_extension_imports_with_no_visible_device():
+    """In a fresh interpreter with every GPU hidden: the import works and no device is counted."""
+    code = "import vin_kernels._C as m; print(m.device_count(), m.runtime_version())"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    count, version = (int(v) for v in result.stdout.split())
+    assert count == 0
+    assert version >= 12000
+
+
+@needs_extension
+def test_device_count_is_an_int():
+    count = vcuda.extension().device_count()
+    assert isinstance(count, int)
+    assert count >= 0
+    if not torch.cuda.is_available():
+        assert count == 0
+
+
+@needs_extension
+def test_runtime_version():
+    version = vcuda.extension().runtime_version()
+    assert isinstance(version, int)
+    assert version >= 12000, f"CUDA runtime {version} is older than 12.0"
+
+
+@needs_extension
+def test_compiled_archs():
+    archs = vcuda.compiled_archs()
+    assert isinstance(archs, str)
+    assert archs == vcuda.extension().compiled_archs
+    parts = [p.strip() for p in archs.split(",")]
+    requested = os.environ.get("CUDA_ARCHS")
+    if requested:  # the build used this list (setup.py turns ',' into ';' and CMake back into ',')
+        expected = [p.strip() for p in requested.replace(";", ",").split(",") if p.strip()]
+        assert parts == expected, f"compiled_archs {archs!r} != CUDA_ARCHS {requested!r}"
+        return
+    assert all(p.isdigit() for p in parts), f"compiled_archs {archs!r} is not a comma-separated list of integers"
+    assert {80, 90} <= {int(p) for p in parts}, f"default build must include sm_80 and sm_90, got {archs!r}"
+
+
+# ------------------------------------------------------------------------------------ backend report
+def test_cuda_backend_reports_why_it_is_unavailable():
+    status = vin_kernels.backends()["cuda"]
+    assert "overlap_fuse" in status.ops
+    if torch.cuda.is_available() and vcuda.is_built():
+        assert status.available, status.reason
+        return
+    assert not status.available
+    if vcuda.is_built():
+        assert "no cuda device" in status.reason.lower(), status.reason
+    else:
+        assert status.reason == vcuda.build_problem()
+
+
+@pytest.mark.parametrize("out_windows", [False, True])
+def test_cuda_backend_on_cpu_tensors_raises(out_windows):
+    layout = ChunkLayout.windows(44, 20, 12)
+    eps = torch.randn(2, layout.num_chunks, layout.chunk_len, 3)
+    with pytest.raises((ValueError, RuntimeError), match="(?i)cuda"):
+        vin_kernels.overlap_fuse(eps, layout, out_windows=out_windows, backend="cuda")
+
+
+# ------------------------------------------------------------------------------------ raw binding
+def _null_call_kwargs(**overrides):
+    """Arguments of _C.overlap_fuse with every pointer null (nothing can be launched on them)."""
+    kwargs = dict(
+        eps=0, eps_stride_batch=0, eps_stride_window=0, eps_stride_pos=0,
+        x=0, x_stride_batch=0, x_stride_frame=0,
+        out=0, out_stride_batch=0, out_stride_1=0, out_stride_2=0,
+        frame_ptr=0, entry_window=0, entry_pos=0, entry_weight=0,
+        batch=1, num_frames=1, features=1, coef_a=0.0, coef_b=1.0, out_windows=False, dtype=0, stream=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return kwargs
+
+
+@needs_extension
+def test_raw_binding_rejects_null_pointers():
+    with pytest.raises((ValueError, RuntimeError), match="null"):
+        vcuda.extension().overlap_fuse(**_null_call_kwargs())
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [7, -1, 3])
+def test_raw_binding_rejects_bad_dtype_code(dtype):
+    with pytest.raises((ValueError, RuntimeError)):
+        vcuda.extension().overlap_fuse(**_null_call_kwargs(dtype=dtype))
+
+
+@needs_extension
+def test_raw_binding_rejects_wrong_argument_types():
+    with pytest.raises(TypeError):
+        vcuda.extension().overlap_fuse(**_null_call_kwargs(eps="not a pointer"))
+    with pytest.raises(TypeError):
+        vcuda.extension().overlap_fuse(0, 0)
+
+
+# ------------------------------------------------------------------------------------ pip builds
+_BUILD_TOOLS_PROBE = """
+import importlib.util, sys
+import setuptools  # noqa: F401  (first: importing pip before it trips setuptools' distutils hack)
+import pybind11  # noqa: F401
+if importlib.util.find_spec("pip") is None:
+    sys.exit("pip is not installed")
+try:
+    import setuptools.command.bdist_wheel  # noqa: F401  (setuptools >= 70.1)
+except ImportError:
+    if importlib.util.find_spec("wheel") is None:
+        sys.exit("neither setuptools' bdist_wheel nor the wheel package is available")
+"""
+
+
+def _require_pip_build_tools():
+    """Skip unless a build without isolation can work. Probed in a subprocess: importing setuptools in
+    the test process, after pip or the stdlib distutils was imported, trips setuptools' distutils hack."""
+    if not (ROOT / "setup.py").is_file():
+        pytest.skip(f"no setup.py at {ROOT} (tests run outside the source tree)")
+    probe = subprocess.run([sys.executable, "-c", _BUILD_TOOLS_PROBE], capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["unknown error"])[-1]
+        pytest.skip(f"cannot build without build isolation (setuptools/pybind11/pip/wheel): {why}")
+
+
+def _pip_wheel(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VIN_KERNELS_CUDA=mode, PIP_NO_INPUT="1")
+    cmd = [
+        sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+        "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT),
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_pure_python_wheel_has_no_extension(tmp_path):
+    _require_pip_build_tools()
+    result = _pip_wheel(tmp_path, "0")
+    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
+    wheels = list(tmp_path.glob("vin_kernels-*.whl"))
+    assert len(wheels) == 1, f"expected one wheel in {tmp_path}, got {sorted(p.name for p in tmp_path.iterdir())}"
+    wheel = wheels[0]
+    assert wheel.name.endswith("-py3-none-any.whl"), f"a pure-Python wheel must be untagged, got {wheel.name}"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert "vin_kernels/__init__.py" in names
+    assert "vin_kernels/cuda.py" in names
+    compiled = [n for n in names if Path(n).name.startswith("_C") or n.endswith((".so", ".pyd"))]
+    assert not compiled, f"VIN_KERNELS_CUDA=0 wheel contains compiled files: {compiled}"
+
+
+def test_bad_cuda_mode_fails_the_build(tmp_path):
+    _require_pip_build_tools()
+    result = _pip_wheel(tmp_path, "bogus")
+    assert result.returncode != 0, "VIN_KERNELS_CUDA=bogus must fail the build"
+    output = result.stdout + result.stderr
+    assert "VIN_KERNELS_CUDA" in output, output
+    assert not list(tmp_path.glob("*.whl"))

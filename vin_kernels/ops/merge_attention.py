@@ -1,0 +1,73 @@
+"""merge_attention: public function, torch.library op, fake kernel, autograd, dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ..checks import validate_merge_attention
+from ..dispatch import select_backend
+
+__all__ = ["merge_attention"]
+
+
+def merge_attention(
+    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lse = logaddexp(lse_a, lse_b)``, ``o = e^(lse_a - lse) o_a + e^(lse_b - lse) o_b``.
+
+    Combines two attentions of the same queries over disjoint key sets into the attention over
+    their union (split-KV, cascade and multi-device reads). A side with ``lse = -inf`` had no keys
+    and contributes nothing; both empty gives ``o = 0``, ``lse = -inf``.
+
+    Args:
+        o_a, o_b: ``[B, N, H, D]`` partial outputs, fp16/bf16/fp32, same dtype/device/shape.
+        lse_a, lse_b: ``[B, H, N]`` float32 natural-log sums, as returned with ``return_lse=True``.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+    Returns:
+        ``(o [B, N, H, D] in o_a.dtype, lse [B, H, N] float32)``, differentiable in all four inputs.
+    """
+    validate_merge_attention(o_a, lse_a, o_b, lse_b)
+    chosen = select_backend("merge_attention", backend, o_a.device)
+    if chosen == "reference" or o_a.numel() == 0:
+        return reference.merge_attention(o_a, lse_a, o_b, lse_b)
+    return _merge_attention_op(o_a, lse_a, o_b, lse_b)
+
+
+@torch.library.custom_op("vin_kernels::merge_attention", mutates_args=())
+def _merge_attention_op(
+    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..triton import merge_attention as kernels
+
+    return kernels.forward(o_a, lse_a, o_b, lse_b)
+
+
+@_merge_attention_op.register_fake
+def _(o_a, lse_a, o_b, lse_b):
+    B, N, H, D = o_a.shape
+    return o_a.new_empty((B, N, H, D)), lse_a.new_empty((B, H, N))
+
+
+def _setup_context(ctx, inputs, output):
+    o_a, lse_a, o_b, lse_b = inputs
+    ctx.save_for_backward(o_a, lse_a, o_b, lse_b, output[1])
+
+
+def _backward(ctx, do, dlse):
+    """With ``w_a = e^(lse_a - lse)``: ``do_a = w_a do``, ``dlse_a = w_a (w_b <do, o_a - o_b> + dlse)``."""
+    o_a, lse_a, o_b, lse_b, lse = ctx.saved_tensors
+    empty = torch.isneginf(lse)
+    w_a = torch.where(empty, 0.0, torch.exp(lse_a - lse))
+    w_b = torch.where(empty, 0.0, torch.exp(lse_b - lse))
+    do32 = do.float()
+    cross = (do32 * (o_a.float() - o_b.float())).sum(-1).transpose(1, 2)  # [B, H, N]
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dlse_a = w_a * (w_b * cross + dlse)
+    dlse_b = w_b * (dlse - w_a * cross)
+    do_a = (w_a.transpose(1, 2).unsqueeze(-1) * do32).to(o_a.dtype)
+    do_b = (w_b.transpose(1, 2).unsqueeze(-1) * do32).to(o_b.dtype)
+    return do_a, dlse_a, do_b, dlse_b
+
+
+_merge_attention_op.register_autograd(_backward, setup_context=_setup_context)
