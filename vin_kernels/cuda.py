@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -19,7 +19,7 @@ __all__ = ["is_built", "build_problem", "compiled_archs", "extension", "overlap_
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load():
     """``(module, None)`` or ``(None, reason it could not be imported)``."""
     try:

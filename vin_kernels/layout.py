@@ -176,12 +176,12 @@ class ChunkLayout:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def context(cls, num_frames: int, chunk: int, context: int = 0) -> "ChunkLayout":
+    def context(cls, num_frames: int, chunk: int, context: int = 0) -> ChunkLayout:
         """Chunks of ``chunk`` frames whose keys also reach ``context`` frames back (training mode)."""
         return cls("context", num_frames, chunk, context_frames=context)
 
     @classmethod
-    def windows(cls, num_frames: int, window: int, overlap: int) -> "ChunkLayout":
+    def windows(cls, num_frames: int, window: int, overlap: int) -> ChunkLayout:
         """Windows of ``window`` frames, consecutive ones sharing ``overlap`` frames (paper inference)."""
         return cls("windows", num_frames, window, overlap_frames=overlap)
 

@@ -123,7 +123,8 @@ def _(do, dlse, q, k, v, global_k, global_v, o, lse, chunk_size, context_size, c
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
     if global_k is None:
         return (*grads, q.new_empty(0), q.new_empty(0))
-    return (*grads, torch.empty_like(global_k), torch.empty_like(global_v))
+    contiguous = torch.contiguous_format
+    return (*grads, torch.empty_like(global_k, memory_format=contiguous), torch.empty_like(global_v, memory_format=contiguous))
 
 
 def _setup_context(ctx, inputs, output):

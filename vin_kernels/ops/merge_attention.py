@@ -50,19 +50,25 @@ def _(o_a, lse_a, o_b, lse_b):
 
 
 def _setup_context(ctx, inputs, output):
-    o_a, lse_a, o_b, lse_b = inputs
-    ctx.save_for_backward(o_a, lse_a, o_b, lse_b, output[1])
+    ctx.save_for_backward(*inputs)
 
 
 def _backward(ctx, do, dlse):
-    """With ``w_a = e^(lse_a - lse)``: ``do_a = w_a do``, ``dlse_a = w_a (w_b <do, o_a - o_b> + dlse)``."""
-    o_a, lse_a, o_b, lse_b, lse = ctx.saved_tensors
-    empty = torch.isneginf(lse)
-    w_a = torch.where(empty, 0.0, torch.exp(lse_a - lse))
-    w_b = torch.where(empty, 0.0, torch.exp(lse_b - lse))
+    """With ``w_a = e^(lse_a - lse)``: ``do_a = w_a do``, ``dlse_a = w_a (w_b <do, o_a - o_b> + dlse)``.
+
+    The weights are recomputed relative to ``max(lse_a, lse_b)`` as in the forward, not from the
+    merged lse: that one is rounded to fp32, an error of ``|lse| * 2^-24`` every weight would inherit.
+    """
+    o_a, lse_a, o_b, lse_b = ctx.saved_tensors
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isneginf(m), 0.0, m)
+    e_a, e_b = torch.exp(lse_a - m), torch.exp(lse_b - m)
+    total = e_a + e_b
+    total = torch.where(total > 0, total, 1.0)
+    w_a, w_b = e_a / total, e_b / total
     do32 = do.float()
     cross = (do32 * (o_a.float() - o_b.float())).sum(-1).transpose(1, 2)  # [B, H, N]
-    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dlse = torch.zeros_like(lse_a) if dlse is None else dlse
     dlse_a = w_a * (w_b * cross + dlse)
     dlse_b = w_b * (dlse - w_a * cross)
     do_a = (w_a.transpose(1, 2).unsqueeze(-1) * do32).to(o_a.dtype)
