@@ -7,7 +7,6 @@ CPU: they exercise the custom op ``vin_kernels::overlap_fuse`` through its ``"re
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
