@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from .. import reference
 from ..checks import validate_chunk_attention
 from ..dispatch import select_backend
+from ..flops import BACKWARD_FACTOR, chunk_attention_flops
 
 __all__ = ["chunk_attention"]
 
@@ -144,3 +146,16 @@ def _backward(ctx, do, dlse):
 
 
 _chunk_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.vin_kernels.chunk_attention)
+def _flops(q, k, v, global_k, global_v, chunk_size, context_size, context_grad, softmax_scale, out_shape=None):
+    B, N, H, D = q
+    return chunk_attention_flops(B, N, H, D, chunk_size, context_size, 0 if global_k is None else global_k[1])
+
+
+@register_flop_formula(torch.ops.vin_kernels.chunk_attention_backward)
+def _backward_flops(do, dlse, q, k, v, global_k, global_v, o, lse, chunk_size, context_size, context_grad, softmax_scale, out_shape=None):
+    B, N, H, D = q
+    G = 0 if global_k is None else global_k[1]
+    return int(BACKWARD_FACTOR * chunk_attention_flops(B, N, H, D, chunk_size, context_size, G))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from .. import reference
 from ..checks import validate_global_attention
 from ..dispatch import select_backend
+from ..flops import BACKWARD_FACTOR, global_attention_flops
 
 __all__ = ["global_attention"]
 
@@ -118,3 +120,16 @@ def _backward(ctx, do, dlse):
 
 
 _global_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.vin_kernels.global_attention)
+def _flops(gq, k, v, tokens_per_frame, keyframe_stride, keyframe_offset, softmax_scale, out_shape=None):
+    B, G, H, D = gq
+    return global_attention_flops(B, G, H, D, k[1], tokens_per_frame, keyframe_stride, keyframe_offset)
+
+
+@register_flop_formula(torch.ops.vin_kernels.global_attention_backward)
+def _backward_flops(do, dlse, gq, k, v, o, lse, tokens_per_frame, keyframe_stride, keyframe_offset, softmax_scale, out_shape=None):
+    B, G, H, D = gq
+    flops = global_attention_flops(B, G, H, D, k[1], tokens_per_frame, keyframe_stride, keyframe_offset)
+    return int(BACKWARD_FACTOR * flops)
