@@ -29,3 +29,10 @@ def test_readme_api_example_runs(capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "torch.Size([1, 72, 2, 64])" in printed and "cuda:" in printed
+
+
+def test_readme_model_example_runs(capsys):
+    (example,) = _code_blocks(_section("Model layer (`vin`)"), "python")
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "torch.Size([1, 40, 4, 8, 8])" in printed and "of full attention's FLOPs per step" in printed

@@ -233,6 +233,13 @@ class ChunkLayout:
         """
         return self._tables["owners"]
 
+    @property
+    def positions_in_chunk(self) -> tuple[int, ...]:
+        """Context mode: every frame's index inside its owning chunk (``f - starts[owners[f]]``)."""
+        if self.mode != "context":
+            raise ValueError("positions_in_chunk needs a context-mode layout; a window's frames are 0 .. chunk_len-1")
+        return tuple(f - self.starts[o] for f, o in enumerate(self.owners))
+
     def owner(self, frame: int) -> int:
         """Owning chunk of ``frame`` (see :attr:`owners`)."""
         _require_int("frame", frame, 0)
