@@ -49,18 +49,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+_TILE_16BIT = 64 * 64
+
+
 def autotune_configs(options: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     """``triton.Config`` per ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``; one small config in the interpreter.
 
     List tiles for 16-bit inputs (``BLOCK_M * BLOCK_N >= 64 * 64``) and smaller ones for fp32; the
     autotuner sees only those matching the inputs (:func:`prune_by_element_size`).
+    ``VIN_KERNELS_AUTOTUNE=0`` keeps the first option of each kind (no tuning: for test runs).
     """
     if INTERPRETED:
         options = [(16, 16, 1, 1)]
+    elif os.environ.get("VIN_KERNELS_AUTOTUNE", "1") == "0":
+        wide = next(o for o in options if o[0] * o[1] >= _TILE_16BIT)
+        narrow = next(o for o in options if o[0] * o[1] < _TILE_16BIT)
+        options = list(dict.fromkeys([wide, narrow]))
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in options]
-
-
-_TILE_16BIT = 64 * 64
 
 
 def prune_by_element_size(configs, named_args, **kwargs):

@@ -1,0 +1,80 @@
+"""The layout of a result file, and a validator that says what is wrong with one."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = "vin-kernels-bench/1"
+
+ENVIRONMENT_FIELDS = {
+    "device": str,
+    "device_kind": str,
+    "driver": (str, type(None)),
+    "cuda": (str, type(None)),
+    "torch": str,
+    "triton": (str, type(None)),
+    "vin_kernels": str,
+    "python": str,
+    "commit": str,
+    "command": str,
+    "timestamp": str,
+}
+# Per suite: fields every row has (rows with an "error" need only the identifying ones).
+ROW_FIELDS = {
+    "flops": {"video_frames": int, "latent_frames": int, "mode": str, "step_flops": int, "sample_flops": int,
+              "ratio_to_full": float, "attention_flops": int, "linear_flops": int, "vin_flops": int,
+              "counted_step_flops": int},
+    "kernels": {"op": str, "shape": str, "pass": str, "impl": str, "kind": str, "times_ms": list, "median_ms": float},
+    "model": {"mode": str, "video_frames": int, "step_times_ms": list, "step_median_ms": float},
+}
+ERROR_ROW_FIELDS = {"flops": (), "kernels": ("op", "shape", "pass", "impl"), "model": ("mode", "video_frames")}
+
+
+def _check(errors: list[str], where: str, value, kind) -> None:
+    if kind is float:
+        kind = (int, float)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        errors.append(f"{where}: expected {kind}, got {type(value).__name__} ({value!r:.60})")
+
+
+def validate(result: dict) -> list[str]:
+    """Every problem with ``result`` (empty when it is a valid result file)."""
+    errors: list[str] = []
+    if not isinstance(result, dict):
+        return ["result: expected an object"]
+    if result.get("schema") != SCHEMA_VERSION:
+        errors.append(f"schema: expected {SCHEMA_VERSION!r}, got {result.get('schema')!r}")
+    env = result.get("environment")
+    if not isinstance(env, dict):
+        errors.append("environment: missing")
+    else:
+        for name, kind in ENVIRONMENT_FIELDS.items():
+            if name not in env:
+                errors.append(f"environment.{name}: missing")
+            else:
+                _check(errors, f"environment.{name}", env[name], kind)
+    ceilings = result.get("ceilings", "missing")
+    if ceilings == "missing":
+        errors.append("ceilings: missing (null on a CPU)")
+    elif ceilings is not None:
+        for name in ("bf16_matmul_tflops", "copy_gbps", "matmul_times_ms", "copy_times_ms"):
+            if name not in ceilings:
+                errors.append(f"ceilings.{name}: missing")
+    suites = result.get("suites")
+    if not isinstance(suites, dict) or not suites:
+        return errors + ["suites: expected at least one suite"]
+    for suite, body in suites.items():
+        if suite not in ROW_FIELDS:
+            errors.append(f"suites.{suite}: unknown suite")
+            continue
+        rows = body.get("rows") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            errors.append(f"suites.{suite}.rows: missing")
+            continue
+        for i, row in enumerate(rows):
+            fields = ERROR_ROW_FIELDS[suite] if "error" in row else ROW_FIELDS[suite]
+            for name in fields:
+                kind = ROW_FIELDS[suite][name]
+                if name not in row:
+                    errors.append(f"suites.{suite}.rows[{i}].{name}: missing")
+                else:
+                    _check(errors, f"suites.{suite}.rows[{i}].{name}", row[name], kind)
+    return errors

@@ -1,0 +1,171 @@
+"""model suite: one denoising step and a full sample, VIN vs full attention, as videos grow.
+
+GPU: the paper preset with random bf16 weights at 64, 128, 256, 512 video frames (``--frames``)
+and further as memory allows (a mode stops at its first out-of-memory): median step latency,
+peak memory (``torch.cuda.max_memory_allocated`` and NVML's device memory), mean power and SM clock
+while stepping (nvidia-ml-py), and the latency of one whole 50-step sample for videos up to
+``SAMPLE_MAX_FRAMES`` frames. ``--quick`` on a CPU: the tiny preset, latency only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+import vin
+from vin_kernels import ChunkLayout
+
+from ..timing import measure, summary, sync
+from . import Context, latent_frames
+
+MODES = ("full", "vin_context", "vin_windows")
+SAMPLE_MAX_FRAMES = 256  # whole 50-step samples above this take minutes per mode
+
+
+class NvmlSampler:
+    """Samples device memory used, power and SM clock every ``interval`` s in a background thread."""
+
+    def __init__(self, device: torch.device, interval: float = 0.02):
+        self.interval = interval
+        self.samples: list[tuple[int, float, float]] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        except Exception:  # noqa: BLE001 - no NVML: the fields stay empty
+            self._nvml = None
+
+    def __enter__(self):
+        if self._nvml is not None:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self):
+        nvml, handle = self._nvml, self._handle
+        while not self._stop.is_set():
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle).used
+            power = nvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+            clock = nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)
+            self.samples.append((memory, power, clock))
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self._nvml is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def report(self) -> dict:
+        if not self.samples:
+            return {}
+        memory, power, clock = zip(*self.samples)
+        return {
+            "nvml_peak_memory_bytes": max(memory),
+            "mean_power_w": sum(power) / len(power),
+            "mean_sm_clock_mhz": sum(clock) / len(clock),
+            "nvml_samples": len(self.samples),
+        }
+
+
+def _setup(preset, mode: str, frames: int):
+    if mode == "full":
+        return ChunkLayout.context(frames, frames), False
+    return (preset.context_layout(frames) if mode == "vin_context" else preset.window_layout(frames)), True
+
+
+def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool) -> dict:
+    device = ctx.device
+    frames = latent_frames(video_frames)
+    layout, with_vin = _setup(preset, mode, frames)
+    dit = preset.dit
+    text = torch.randn(1, dit.text_len, dit.text_dim, device=device)
+    state = torch.randn(1, frames, dit.in_channels, dit.height, dit.width, device=device)
+    schedule = vin.DiffusionSchedule()
+    step_vin = net_vin if with_vin else None
+
+    def step():
+        return vin.sampling.denoise_step(model, step_vin, state, text, 980, 960, layout, fuse=layout.is_windows, schedule=schedule)
+
+    row = {"mode": mode, "video_frames": video_frames, "latent_frames": frames, "layout": repr(layout)}
+    row["flops_per_step"] = vin.flops.step_flops(preset, frames, None if mode == "full" else layout, with_vin=with_vin).total
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup, iters = (1, 3) if ctx.quick or device.type != "cuda" else (2, 10)
+    with NvmlSampler(device) if device.type == "cuda" else _Null() as sampler:
+        times = measure(step, device, warmup=warmup, iters=iters)
+    row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
+    if device.type == "cuda":
+        row["peak_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        row |= sampler.report()
+        row["step_tflops"] = row["flops_per_step"] / (row["step_median_ms"] * 1e-3) / 1e12
+    if sample:
+        generator = torch.Generator(device=device).manual_seed(0)
+        sync(device)
+        start = time.perf_counter()
+        vin.sample(model, step_vin, text, layout=layout, steps=preset.steps, t_alpha=preset.t_alpha, generator=generator)
+        sync(device)
+        row["sample_seconds"] = time.perf_counter() - start
+        row["sample_steps"] = preset.steps
+    return row
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run(ctx: Context) -> dict:
+    device = ctx.device
+    gpu = device.type == "cuda"
+    preset = vin.presets.paper() if gpu else vin.presets.tiny()
+    model, net_vin = preset.build(device=device, dtype=torch.bfloat16 if gpu else None)
+    model.eval()
+    net_vin.eval()
+    frames_list = ctx.video_frames if gpu and not ctx.quick else tuple(f for f in ctx.video_frames if f <= 128)
+    rows, stopped = [], set()
+    items = [(f, mode) for f in frames_list for mode in MODES]
+    for video_frames, mode in ctx.progress(items, desc="model"):
+        if mode in stopped:
+            continue
+        sample = (video_frames <= SAMPLE_MAX_FRAMES) and not (gpu and ctx.quick)
+        try:
+            rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, sample))
+        except torch.cuda.OutOfMemoryError:
+            rows.append({"mode": mode, "video_frames": video_frames, "error": "out of memory"})
+            stopped.add(mode)
+        if gpu:
+            torch.cuda.empty_cache()
+    return {"preset": "paper" if gpu else "tiny", "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"One DDIM step (median) and one whole {result['steps']}-step sample of the {result['preset']} preset "
+        f"({result['dtype']}, random weights, batch 1); memory is the peak while stepping.",
+        "",
+        "| video frames | mode | step ms | TFLOP/s | sample s | peak alloc GiB | NVML peak GiB | power W | SM MHz |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def fmt(value, scale=1.0, digits=1):
+        return "-" if value is None else f"{value / scale:.{digits}f}"
+
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['video_frames']} | {r['mode']} | {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['video_frames']} | {r['mode']} | {fmt(r['step_median_ms'])} | {fmt(r.get('step_tflops'))} | "
+            f"{fmt(r.get('sample_seconds'), digits=2)} | {fmt(r.get('peak_memory_allocated_bytes'), 2**30, 2)} | "
+            f"{fmt(r.get('nvml_peak_memory_bytes'), 2**30, 2)} | {fmt(r.get('mean_power_w'), digits=0)} | "
+            f"{fmt(r.get('mean_sm_clock_mhz'), digits=0)} |"
+        )
+    return "\n".join(lines)
