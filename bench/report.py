@@ -56,6 +56,9 @@ def render(results: dict[str, tuple[Path, dict]], readme_dir: Path) -> str:
         plot = path.with_name(f"{path.stem}-{suite}.png")
         if plot.exists():
             parts.append(f"![{suite}]({Path(os.path.relpath(plot, readme_dir)).as_posix()})")
+    missing = [TITLES[s] for s in ("kernels", "model") if s not in results]
+    if missing:
+        parts.append(f"Not measured yet on a GPU: {'; '.join(missing)} (`bash bench/gpu_check.sh` on a GPU machine).")
     return "\n\n".join(parts)
 
 
