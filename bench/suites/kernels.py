@@ -297,9 +297,9 @@ def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
             work = {"bytes": elements * eps.element_size()}
             for backend in _vin_backends(device, "overlap_fuse"):
                 rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", f"vin_{backend}", "vin",
-                                       lambda b=backend, kw=kwargs: vk.overlap_fuse(eps, layout, backend=b, **kw), work))
+                                       lambda b=backend, kw=kwargs, e=eps, lo=layout: vk.overlap_fuse(e, lo, backend=b, **kw), work))
             rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", "torch_composite", "baseline",
-                                   lambda kw=kwargs: reference.overlap_fuse(eps, layout, **kw), work))
+                                   lambda kw=kwargs, e=eps, lo=layout: reference.overlap_fuse(e, lo, **kw), work))
     return rows
 
 
