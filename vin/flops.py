@@ -92,7 +92,7 @@ def vin_flops(cfg: VINConfig, dit: DiTConfig, num_frames: int, batch: int = 1) -
     """One forward of :class:`vin.VIN` on ``batch`` videos of ``num_frames`` latent frames."""
     d, G, L, T = cfg.dim, cfg.num_global_tokens, dit.text_len, dit.tokens_per_frame
     stride = ChunkLayout.keyframe_stride(cfg.fps, cfg.keyframe_interval_s, cfg.frames_per_latent)
-    K = len(ChunkLayout.context(num_frames, num_frames).keyframes(stride)) * T  # keyframe tokens
+    K = len(ChunkLayout.keyframes_of(num_frames, stride)) * T  # keyframe tokens
     bG, bK, bL = batch * G, batch * K, batch * L
     block = (
         _mm(bG, d, 3 * d)

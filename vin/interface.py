@@ -95,7 +95,7 @@ class VIN(nn.Module):
 
     def keyframes(self, num_frames: int) -> tuple[int, ...]:
         """Latent frames the encoder reads in a video of ``num_frames`` latent frames."""
-        return ChunkLayout.context(num_frames, num_frames).keyframes(self.keyframe_stride)
+        return ChunkLayout.keyframes_of(num_frames, self.keyframe_stride)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> GlobalKV:
         """x: the whole noisy video ``[B, F, C, h, w]``; t ``[B]``; text ``[B, text_len, text_dim]``

@@ -43,5 +43,5 @@ def chunk_attention_flops(batch, num_tokens, heads, head_dim, chunk_size, contex
 def global_attention_flops(batch, num_global, heads, head_dim, num_tokens, tokens_per_frame, stride, offset) -> int:
     """Forward FLOPs of :func:`vin_kernels.global_attention`: ``G`` queries over the keyframe tokens."""
     num_frames = num_tokens // tokens_per_frame
-    keys = len(range(offset, num_frames, stride)) * tokens_per_frame
+    keys = len(ChunkLayout.keyframes_of(num_frames, stride, offset)) * tokens_per_frame if num_frames else 0
     return 4 * batch * heads * head_dim * num_global * keys

@@ -328,12 +328,18 @@ class ChunkLayout:
         return stride
 
     def keyframes(self, stride: int, offset: int = 0) -> tuple[int, ...]:
-        """Keyframe latent frames ``offset, offset + stride, ... < num_frames``."""
+        """Keyframe latent frames ``offset, offset + stride, ... < num_frames`` of this layout's video."""
+        return ChunkLayout.keyframes_of(self.num_frames, stride, offset)
+
+    @staticmethod
+    def keyframes_of(num_frames: int, stride: int, offset: int = 0) -> tuple[int, ...]:
+        """Keyframe latent frames ``offset, offset + stride, ... < num_frames`` of any video (no layout needed)."""
+        num_frames = _require_int("num_frames", num_frames, 1)
         stride = _require_int("keyframe_stride", stride, 1)
         offset = _require_int("keyframe_offset", offset, 0)
-        if offset >= self.num_frames:
-            raise ValueError(f"keyframe_offset must be < num_frames={self.num_frames}, got {offset}")
-        return tuple(range(offset, self.num_frames, stride))
+        if offset >= num_frames:
+            raise ValueError(f"keyframe_offset must be < num_frames={num_frames}, got {offset}")
+        return tuple(range(offset, num_frames, stride))
 
     # ------------------------------------------------------------------ helpers
     def _chunk_index(self, i: int) -> int:

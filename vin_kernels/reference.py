@@ -130,7 +130,7 @@ def keyframe_token_index(
 ) -> torch.Tensor:
     """Token indices ``[K*T]`` of the keyframes of a ``num_tokens``-token video (frames from ChunkLayout)."""
     num_frames = num_tokens // tokens_per_frame
-    frames = ChunkLayout.context(num_frames, num_frames).keyframes(keyframe_stride, keyframe_offset)
+    frames = ChunkLayout.keyframes_of(num_frames, keyframe_stride, keyframe_offset)
     frames_t = torch.tensor(frames, dtype=torch.long, device=device)
     tokens = torch.arange(tokens_per_frame, dtype=torch.long, device=device)
     return (frames_t[:, None] * tokens_per_frame + tokens[None, :]).reshape(-1)

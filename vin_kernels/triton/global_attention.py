@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..layout import ChunkLayout
 from . import attention_core as core
 from .attention_core import (
     LN2_C,
@@ -177,9 +178,8 @@ def _bwd_dkdv_kernel(
 # ------------------------------------------------------------------------------------ launchers
 def _keyframe_args(num_tokens: int, tokens_per_frame: int, keyframe_stride: int, keyframe_offset: int):
     """``(num_keys, T, stride, offset)``: ``num_keys`` keyframe tokens of a ``num_tokens`` video."""
-    num_frames = num_tokens // tokens_per_frame
-    num_keyframes = len(range(keyframe_offset, num_frames, keyframe_stride))
-    return num_keyframes * tokens_per_frame, tokens_per_frame, keyframe_stride, keyframe_offset
+    frames = ChunkLayout.keyframes_of(num_tokens // tokens_per_frame, keyframe_stride, keyframe_offset)
+    return len(frames) * tokens_per_frame, tokens_per_frame, keyframe_stride, keyframe_offset
 
 
 def _splits(gq: torch.Tensor, num_keys: int) -> int:
