@@ -76,7 +76,16 @@ def _cuda_status() -> tuple[bool, str]:
     return True, f"extension built for sm {cuda.compiled_archs()}, CUDA device present"
 
 
-@torch.compiler.assume_constant_result  # probed eagerly, a constant to torch.compile
+def _constant_to_compile(fn):
+    """Mark ``fn`` as returning a constant to torch.compile, which calls it eagerly instead of tracing
+    the import machinery inside. What ``torch.compiler.assume_constant_result`` does, without its
+    import of ``torch._dynamo`` (1.8 s added to ``import vin_kernels``); guarded by
+    ``test_backend_selection_is_traceable_by_dynamo``."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_to_compile
 def _status(name: str) -> tuple[bool, str]:
     """``(available, reason)`` of backend ``name`` on this machine."""
     if name == "triton":
