@@ -6,8 +6,15 @@ The extension is built with CMake + pybind11 (pybind11's cmake_example pattern).
   MAX_JOBS=N                 parallel compile jobs (default: CPU count)
 nvcc is looked up as $CUDACXX, $CUDA_HOME/bin/nvcc, nvcc on PATH, /usr/local/cuda/bin/nvcc.
 Nothing is downloaded and git is never called.
+
+The CMake build folder (build/temp.*/vin_kernels._C) is reused only when it was configured by the
+same command (cmake, generator, ninja, Python, pybind11, nvcc, architectures); otherwise it is
+emptied first. pip's isolated builds run cmake and ninja from a temporary environment that is
+deleted afterwards, and a CMakeCache.txt still naming the deleted ninja stops the next
+`pip install .` at project().
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,9 +62,11 @@ class CMakeBuild(build_ext):
 
         extdir = (Path.cwd() / self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp) / ext.name
-        build_temp.mkdir(parents=True, exist_ok=True)
         archs = os.environ.get("CUDA_ARCHS", "80;90").replace(",", ";")
-        cmake_args = [
+        cmake = shutil.which("cmake") or "cmake"
+        configure = [
+            cmake,
+            ext.sourcedir,
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
@@ -65,21 +74,47 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_CUDA_COMPILER={find_nvcc()}",
             f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
         ]
-        if shutil.which("ninja") or _has_ninja_module():
-            cmake_args.append("-GNinja")
+        ninja = find_ninja()
+        if ninja:  # named explicitly: CMake would otherwise keep the one its cache remembers
+            configure += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        fresh_build_folder(build_temp, configure)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        cmake = shutil.which("cmake") or "cmake"
-        subprocess.run([cmake, ext.sourcedir, *cmake_args], cwd=build_temp, check=True)
+        subprocess.run(configure, cwd=build_temp, check=True)
+        (build_temp / CONFIGURE_RECORD).write_text(json.dumps(configure))
         subprocess.run([cmake, "--build", ".", "--parallel", jobs], cwd=build_temp, check=True)
 
 
-def _has_ninja_module():
+CONFIGURE_RECORD = "vin-configure-command.json"  # the cmake command that configured a build folder
+
+
+def fresh_build_folder(build_temp: Path, configure: list[str]) -> None:
+    """Create ``build_temp``, first emptying it if it was configured by another command than ``configure``.
+
+    CMakeCache.txt pins the generator, ninja, cmake and compiler paths of the first configure; a later
+    configure with other tools (a new pip build environment, ninja gone, Makefiles instead of Ninja)
+    fails, so such a folder is started afresh. The same command reuses it (incremental rebuilds).
+    """
+    record = build_temp / CONFIGURE_RECORD
+    if build_temp.exists():
+        try:
+            same = json.loads(record.read_text()) == configure
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(build_temp)
+    build_temp.mkdir(parents=True, exist_ok=True)
+
+
+def find_ninja():
+    """Path of ninja: on PATH, else the PyPI ninja package's binary; None when there is none."""
+    found = shutil.which("ninja")
+    if found:
+        return found
     try:
-        import ninja  # noqa: F401  (the PyPI ninja package puts the binary next to itself)
+        import ninja  # the PyPI ninja package puts the binary next to itself
     except ImportError:
-        return False
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    return True
+        return None
+    return shutil.which("ninja", path=ninja.BIN_DIR)
 
 
 setup(

@@ -2,7 +2,8 @@
 
 Checks that the extension is built whenever nvcc is found, imports without a GPU, reports its build
 (runtime version, CUDA architectures), refuses bad calls with Python exceptions instead of crashing,
-and that the pure-Python build (VIN_KERNELS_CUDA=0) and the knob's validation work through pip.
+that the pure-Python build (VIN_KERNELS_CUDA=0) and the knob's validation work through pip, and that
+a second build in the same checkout works after the first build's tools are gone.
 """
 
 from __future__ import annotations
@@ -224,3 +225,46 @@ def test_bad_cuda_mode_fails_the_build(tmp_path):
     output = result.stdout + result.stderr
     assert "VIN_KERNELS_CUDA" in output, output
     assert not list(tmp_path.glob("*.whl"))
+
+
+_SCRATCH_IGNORE = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache", ".benchmarks",
+    "*.so", "*.whl", ".venv", "venv",
+)  # fmt: skip
+
+
+def _wheel_has_extension(directory: Path) -> bool:
+    (wheel,) = directory.glob("vin_kernels-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        return any(n.startswith("vin_kernels/_C") and n.endswith(".so") for n in zf.namelist())
+
+
+def test_second_build_in_the_same_checkout_works_after_the_first_builds_tools_are_gone(tmp_path):
+    """``pip install .`` twice in one checkout (issue 13, point 1). pip's isolated build runs the ninja
+    of a temporary environment that it deletes afterwards; the CMake cache under build/ remembered that
+    ninja, so the next build stopped at project(). Reproduced without a network: the first build finds
+    ninja in a folder deleted before the second build, which finds another ninja. Two CUDA builds for
+    one architecture: about 30 s on 2 cores."""
+    _require_pip_build_tools()
+    if _cuda_build_disabled() or find_nvcc() is None:
+        pytest.skip("needs nvcc: only the CUDA extension is built with CMake")
+    ninja = shutil.which("ninja")
+    if ninja is None:
+        pytest.skip("ninja is not on PATH")
+    source = tmp_path / "checkout"
+    shutil.copytree(ROOT, source, ignore=_SCRATCH_IGNORE)
+    doomed_env = tmp_path / "pip-build-env" / "bin"  # stands for pip's isolated build environment
+    doomed_env.mkdir(parents=True)
+    shutil.copy2(os.path.realpath(ninja), doomed_env / "ninja")
+    env = dict(os.environ, VIN_KERNELS_CUDA="1", CUDA_ARCHS="80", PIP_NO_INPUT="1")
+    for build, path in enumerate((f"{doomed_env}{os.pathsep}{os.environ['PATH']}", os.environ["PATH"])):
+        if build == 1:
+            shutil.rmtree(doomed_env.parent)
+        wheels = tmp_path / f"wheels{build}"
+        cmd = [
+            sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",
+            "--disable-pip-version-check", "-w", str(wheels), str(source),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, env=dict(env, PATH=path), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"build {build + 1} failed:\n{done.stdout[-12000:]}\n{done.stderr[-2000:]}"
+        assert _wheel_has_extension(wheels), f"build {build + 1} made a wheel without vin_kernels._C"
