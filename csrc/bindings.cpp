@@ -53,7 +53,8 @@ int runtime_version() {
 }
 
 void overlap_fuse(std::uintptr_t eps, int64_t eps_stride_batch, int64_t eps_stride_window, int64_t eps_stride_pos,
-                  std::uintptr_t x, int64_t x_stride_batch, int64_t x_stride_frame, std::uintptr_t out,
+                  std::uintptr_t x, int64_t x_stride_batch, int64_t x_stride_1, int64_t x_stride_2,
+                  bool x_windows, std::uintptr_t out,
                   int64_t out_stride_batch, int64_t out_stride_1, int64_t out_stride_2, std::uintptr_t frame_ptr,
                   std::uintptr_t entry_window, std::uintptr_t entry_pos, std::uintptr_t entry_weight, int64_t batch,
                   int64_t num_frames, int64_t features, double coef_a, double coef_b, bool out_windows,
@@ -70,7 +71,9 @@ void overlap_fuse(std::uintptr_t eps, int64_t eps_stride_batch, int64_t eps_stri
   p.eps_stride_pos = eps_stride_pos;
   p.x = x ? as_ptr<const void>(x) : nullptr;
   p.x_stride_batch = x_stride_batch;
-  p.x_stride_frame = x_stride_frame;
+  p.x_stride_1 = x_stride_1;
+  p.x_stride_2 = x_stride_2;
+  p.x_windows = x_windows;
   p.out = as_ptr<void>(out);
   p.out_stride_batch = out_stride_batch;
   p.out_stride_1 = out_stride_1;
@@ -98,7 +101,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("runtime_version", &runtime_version, "CUDA runtime version the module was built against.");
   m.def("overlap_fuse", &overlap_fuse, "Blend windows (see csrc/include/vin/overlap_fuse.cuh).", py::arg("eps"),
         py::arg("eps_stride_batch"), py::arg("eps_stride_window"), py::arg("eps_stride_pos"), py::arg("x"),
-        py::arg("x_stride_batch"), py::arg("x_stride_frame"), py::arg("out"), py::arg("out_stride_batch"),
+        py::arg("x_stride_batch"), py::arg("x_stride_1"), py::arg("x_stride_2"), py::arg("x_windows"), py::arg("out"), py::arg("out_stride_batch"),
         py::arg("out_stride_1"), py::arg("out_stride_2"), py::arg("frame_ptr"), py::arg("entry_window"),
         py::arg("entry_pos"), py::arg("entry_weight"), py::arg("batch"), py::arg("num_frames"),
         py::arg("features"), py::arg("coef_a"), py::arg("coef_b"), py::arg("out_windows"), py::arg("dtype"),

@@ -15,9 +15,9 @@ bool aligned(const void* ptr, int64_t bytes) { return reinterpret_cast<uintptr_t
 template <typename T>
 int vector_width(const OverlapFuseParams& p) {
   int vec = static_cast<int>(16 / sizeof(T));
-  const int64_t strides[] = {p.eps_stride_batch, p.eps_stride_window, p.eps_stride_pos,
-                             p.x_stride_batch,   p.x_stride_frame,    p.out_stride_batch,
-                             p.out_stride_1,     p.out_stride_2,      p.features};
+  const int64_t strides[] = {p.eps_stride_batch, p.eps_stride_window, p.eps_stride_pos, p.x_stride_batch,
+                             p.x_stride_1,       p.x_stride_2,        p.out_stride_batch, p.out_stride_1,
+                             p.out_stride_2,     p.features};
   while (vec > 1) {
     const int64_t bytes = vec * static_cast<int64_t>(sizeof(T));
     bool ok = aligned(p.eps, bytes) && aligned(p.out, bytes) && (p.x == nullptr || aligned(p.x, bytes));

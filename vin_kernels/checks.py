@@ -13,11 +13,9 @@ from numbers import Integral, Real
 
 import torch
 
-from .layout import ChunkLayout
-
 __all__ = [
     "FLOAT_DTYPES",
-    "HEAD_DIMS",
+    "TRITON_HEAD_DIMS",
     "validate_chunk_attention",
     "validate_global_attention",
     "validate_merge_attention",
@@ -25,7 +23,9 @@ __all__ = [
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-HEAD_DIMS = (32, 64, 72, 80, 96, 128)
+# Head dims the Triton attention kernels are built for (a power-of-two tile plus a 16/32-wide tail
+# for 72/80/96); the sdpa and reference backends take any head dim >= 1.
+TRITON_HEAD_DIMS = (32, 64, 72, 80, 96, 128)
 
 _QKV = "[batch, seqlen, heads, head_dim]"
 _GLOBAL_KV = "[global_batch, num_global, heads, head_dim]"
@@ -87,8 +87,9 @@ def check_like(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, sam
 
 
 def check_head_dim(name: str, t: torch.Tensor) -> None:
-    if t.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"{name} has head_dim {t.shape[-1]} (last dim); supported head dims are {HEAD_DIMS}")
+    """A head dim of at least 1 (which dims a backend supports is the dispatcher's check)."""
+    if t.shape[-1] < 1:
+        raise ValueError(f"{name} has head_dim 0 (last dim); it must be at least 1")
 
 
 def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
@@ -201,6 +202,8 @@ def validate_merge_attention(o_a, lse_a, o_b, lse_b) -> None:
 
 def validate_overlap_fuse(eps, layout, x, coeffs, out_windows) -> None:
     """Checks of :func:`vin_kernels.overlap_fuse`."""
+    from .layout import ChunkLayout  # layout.py uses this module's scalar checks
+
     if not isinstance(layout, ChunkLayout):
         raise TypeError(f"layout must be a vin_kernels.ChunkLayout, got {type(layout).__name__}")
     if not layout.is_windows:
@@ -220,10 +223,13 @@ def validate_overlap_fuse(eps, layout, x, coeffs, out_windows) -> None:
         return
     check_tensor("x", x)
     check_like("x", x, "eps", eps, same_shape=False)
-    expected = (eps.shape[0], layout.num_frames, *eps.shape[3:])
-    if tuple(x.shape) != expected:
-        raise ValueError(f"x must have shape [batch, num_frames, *features] = {expected}, got {tuple(x.shape)}")
-    check_packed_from("x", x, 2)
+    frames = (eps.shape[0], layout.num_frames, *eps.shape[3:])
+    if tuple(x.shape) not in (frames, tuple(eps.shape)):
+        raise ValueError(
+            f"x must have shape [batch, num_frames, *features] = {frames} (frames) or the shape of eps "
+            f"{tuple(eps.shape)} (windows), got {tuple(x.shape)}"
+        )
+    check_packed_from("x", x, 2 if x.dim() < eps.dim() else 3)
     if coeffs is None:
         raise ValueError("x is given without coeffs; pass coeffs=(a, b) for x_next = a*x + b*eps_fused")
     if not isinstance(coeffs, (tuple, list)) or len(coeffs) != 2:

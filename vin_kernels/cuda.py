@@ -74,14 +74,15 @@ def overlap_fuse(
         eps: ``[B, n, L, *feat]`` CUDA tensor, feature dims packed.
         table: ``(frame_ptr int32 [F+1], window int32 [E], position int32 [E], weight fp32 [E])`` on
             ``eps.device`` (from ``ChunkLayout.fusion_table``).
-        x: ``[B, F, *feat]`` or None.
+        x: frames ``[B, F, *feat]``, windows ``[B, n, L, *feat]`` (read at each frame's first entry), or None.
         coeffs: ``(a, b)`` of ``out = a * x + b * fused`` (ignored without ``x``).
         out: ``[B, F, *feat]`` or, with ``out_windows``, ``[B, n, L, *feat]``; feature dims packed.
     """
     frame_ptr, window, position, weight = table
     B, F = eps.shape[0], frame_ptr.numel() - 1
     features = math.prod(eps.shape[3:])
-    x_strides = (x.stride(0), x.stride(1)) if x is not None else (0, 0)
+    x_windows = x is not None and x.dim() == eps.dim()
+    x_strides = (x.stride(0), x.stride(1), x.stride(2) if x_windows else 0) if x is not None else (0, 0, 0)
     out_strides = (out.stride(0), out.stride(1), out.stride(2) if out_windows else 0)
     with torch.cuda.device(eps.device):
         extension().overlap_fuse(
@@ -91,7 +92,9 @@ def overlap_fuse(
             eps_stride_pos=eps.stride(2),
             x=x.data_ptr() if x is not None else 0,
             x_stride_batch=x_strides[0],
-            x_stride_frame=x_strides[1],
+            x_stride_1=x_strides[1],
+            x_stride_2=x_strides[2],
+            x_windows=x_windows,
             out=out.data_ptr(),
             out_stride_batch=out_strides[0],
             out_stride_1=out_strides[1],

@@ -1,35 +1,83 @@
-"""Backend discovery and selection: which implementation of an op runs for given tensors.
+"""Backend registry and selection: which implementation of an op runs for given tensors.
 
-Backends: ``"reference"`` (pure PyTorch, always there), ``"triton"`` (CUDA tensors, or CPU tensors
-under ``TRITON_INTERPRET=1``), ``"cuda"`` (the compiled ``vin_kernels._C`` extension, CUDA tensors).
+Backends:
 
-Selection for ``backend="auto"``: the environment variable ``VIN_KERNELS_BACKEND`` if set, else the
-first backend in the op's priority list (:data:`OP_BACKENDS`) that can run on the tensors' device;
-CPU and meta tensors use the reference. A backend asked for by name (argument or environment) must
-implement the op and be usable for the tensors, or the call raises.
+* ``"reference"``: :mod:`vin_kernels.reference`, the pure-PyTorch specification (any dtype, float64
+  included, any device; slow).
+* ``"sdpa"``: :mod:`vin_kernels.sdpa`, compositions of PyTorch's fused attention
+  (``scaled_dot_product_attention``: the flash kernel on a CPU, flash / cuDNN / efficient on CUDA),
+  differentiable through autograd; any device, any head dim. The default on a CPU.
+* ``"triton"``: the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+* ``"cuda"``: the compiled extension ``vin_kernels._C`` (CUDA tensors).
+
+One pattern for every op: each ``vin_kernels/ops/<op>.py`` registers one callable per backend with
+:func:`register` (same keyword signature as the public function, minus ``backend``), and its public
+function validates the arguments, then calls :func:`implementation`. A backend plugs in by
+registering a callable; no op schema names a backend.
+
+``backend="auto"`` takes ``VIN_KERNELS_BACKEND`` if set, else the first backend of
+:data:`AUTO_ORDER` for the tensors' device type that implements the op and can run the inputs
+(device, availability, head dim). A backend asked for by name (argument or environment) must
+implement the op and be able to run the inputs, or the call raises saying why.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BACKENDS", "OP_BACKENDS", "BackendStatus", "backends", "select_backend"]
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "BackendStatus",
+    "Implementation",
+    "backends",
+    "implementation",
+    "register",
+    "select_backend",
+    "triton_interpreted",
+]
 
-BACKENDS = ("reference", "triton", "cuda")
+BACKENDS = ("reference", "sdpa", "triton", "cuda")
 ENV_VAR = "VIN_KERNELS_BACKEND"
 
-# Per op, the backends that implement it in the order "auto" tries them on a GPU. Triton leads until
-# a benchmark run shows the CUDA kernel faster (bench/, kernels suite); reorder on measurements only.
-OP_BACKENDS: dict[str, tuple[str, ...]] = {
-    "chunk_attention": ("triton", "reference"),
-    "global_attention": ("triton", "reference"),
-    "merge_attention": ("triton", "reference"),
-    "overlap_fuse": ("triton", "cuda", "reference"),
+# The order "auto" tries backends in, by device type. On a GPU the kernels lead (Triton before the
+# CUDA extension until a benchmark run shows the CUDA overlap_fuse faster; reorder on measurements
+# only); everywhere else PyTorch's fused attention (sdpa), with the reference as the last resort.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cuda": ("triton", "cuda", "sdpa", "reference"),
+    "other": ("sdpa", "reference"),
 }
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One backend's implementation of one op.
+
+    Attributes:
+        op, backend: names.
+        fn: the callable, with the public function's keyword signature minus ``backend``.
+        head_dims: the head dims it supports, or None for any.
+    """
+
+    op: str
+    backend: str
+    fn: Callable
+    head_dims: tuple[int, ...] | None = None
+
+
+_REGISTRY: dict[str, dict[str, Implementation]] = {}
+
+
+def register(op: str, backend: str, fn: Callable, *, head_dims: tuple[int, ...] | None = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (called once per pair, at import)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, fn, head_dims)
 
 
 @dataclass(frozen=True)
@@ -92,38 +140,45 @@ def _status(name: str) -> tuple[bool, str]:
         return _triton_status()
     if name == "cuda":
         return _cuda_status()
+    if name == "sdpa":
+        return True, "PyTorch scaled_dot_product_attention, always available"
     return True, "pure PyTorch, always available"
 
 
 def backends() -> dict[str, BackendStatus]:
     """Every backend with its availability on this machine, the reason, and the ops it implements."""
     return {
-        name: BackendStatus(name, *_status(name), tuple(op for op, impls in OP_BACKENDS.items() if name in impls))
+        name: BackendStatus(name, *_status(name), tuple(op for op, impls in _REGISTRY.items() if name in impls))
         for name in BACKENDS
     }
 
 
-def _problem(name: str, device: torch.device) -> Exception | None:
-    """Why backend ``name`` cannot run on tensors of ``device`` (None if it can)."""
-    if name == "reference" or device.type == "meta":  # meta tensors only need the fake kernels
+def _problem(impl: Implementation, device: torch.device, head_dim: int | None) -> Exception | None:
+    """Why ``impl`` cannot run inputs on ``device`` with ``head_dim`` (None if it can)."""
+    if impl.head_dims is not None and head_dim is not None and head_dim not in impl.head_dims:
+        return ValueError(
+            f"head_dim {head_dim} (last dim of the inputs) is not supported by the {impl.backend} backend, "
+            f"which takes head dims {impl.head_dims}; the sdpa and reference backends take any"
+        )
+    if impl.backend in ("reference", "sdpa") or device.type == "meta":  # meta tensors only need the fake kernels
         return None
-    if device.type != "cuda" and not (name == "triton" and triton_interpreted()):
-        return ValueError(f"the {name} backend needs CUDA tensors, got tensors on {device}")
-    ok, why = _status(name)
+    if device.type != "cuda" and not (impl.backend == "triton" and triton_interpreted()):
+        return ValueError(f"the {impl.backend} backend needs CUDA tensors, got tensors on {device}")
+    ok, why = _status(impl.backend)
     if not ok:
-        return RuntimeError(f"the {name} backend is unavailable: {why}")
+        return RuntimeError(f"the {impl.backend} backend is unavailable: {why}")
     return None
 
 
-def select_backend(op: str, requested: str, device: torch.device) -> str:
-    """The backend that runs ``op`` for tensors on ``device``.
+def implementation(op: str, requested: str, device: torch.device, head_dim: int | None = None) -> Implementation:
+    """The implementation that runs ``op`` for inputs on ``device`` (with ``head_dim``, attention ops).
 
     Args:
-        op: a key of :data:`OP_BACKENDS`.
+        op: a registered op name.
         requested: ``"auto"`` or a backend name.
     Raises:
         TypeError: ``requested`` is not a string.
-        ValueError: unknown name, the op lacks that backend, or the tensors' device does not suit it.
+        ValueError: unknown name, the op lacks that backend, or the inputs do not suit it (device, head dim).
         RuntimeError: the backend is not available on this machine.
     """
     if not isinstance(requested, str):
@@ -133,14 +188,18 @@ def select_backend(op: str, requested: str, device: torch.device) -> str:
         requested, source = os.environ[ENV_VAR], ENV_VAR
     if requested != "auto" and requested not in BACKENDS:
         raise ValueError(f"{source} must be 'auto' or one of {BACKENDS}, got {requested!r}")
-    implemented = OP_BACKENDS[op]
+    impls = _REGISTRY[op]
     if requested == "auto":
-        if device.type != "cuda":
-            return "reference"
-        return next(name for name in implemented if _problem(name, device) is None)
-    if requested not in implemented:
-        raise ValueError(f"{op} has no {requested!r} backend ({source}={requested!r}); it has: {', '.join(implemented)}")
-    problem = _problem(requested, device)
+        order = AUTO_ORDER["cuda" if device.type == "cuda" else "other"]
+        return next(impls[name] for name in order if name in impls and _problem(impls[name], device, head_dim) is None)
+    if requested not in impls:
+        raise ValueError(f"{op} has no {requested!r} backend ({source}={requested!r}); it has: {', '.join(impls)}")
+    problem = _problem(impls[requested], device, head_dim)
     if problem is not None:
         raise type(problem)(f"{op}: {source}={requested!r}: {problem}")
-    return requested
+    return impls[requested]
+
+
+def select_backend(op: str, requested: str, device: torch.device, head_dim: int | None = None) -> str:
+    """The name of the backend :func:`implementation` picks."""
+    return implementation(op, requested, device, head_dim).backend

@@ -22,29 +22,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 
-__all__ = ["ChunkLayout"]
+from .checks import check_finite, check_int
+
+__all__ = ["ChunkGroup", "ChunkLayout"]
 
 _MODES = ("context", "windows")
 
 
-def _require_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value}")
-    return int(value)
-
-
-def _require_positive_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
+def _positive(name: str, value) -> float:
+    return check_finite(name, value, positive=True)
 
 
 def _window_starts(num_frames: int, window: int, overlap: int) -> tuple[int, ...]:
@@ -94,6 +81,40 @@ def _frame_entries(starts, normalized, num_frames: int) -> tuple[tuple[tuple[int
 
 
 @dataclass(frozen=True)
+class ChunkGroup:
+    """``count`` consecutive chunks of a context-mode layout whose queries and keys have equal lengths.
+
+    Chunk ``j`` of the group (``0 <= j < count``, layout chunk ``first_chunk + j``) has the query
+    frames ``[query_start + j*stride, ... + query_len)`` and the key frames ``[key_start + j*stride,
+    ... + key_len)``; the first :attr:`context_len` of those keys are its context. Batched kernels
+    run one call per group (see :meth:`ChunkLayout.context_groups`).
+    """
+
+    first_chunk: int
+    count: int
+    query_start: int
+    key_start: int
+    query_len: int
+    key_len: int
+    stride: int
+
+    @property
+    def context_len(self) -> int:
+        """Key frames before the chunk's own queries."""
+        return self.key_len - self.query_len
+
+    def query_range(self, j: int) -> range:
+        """Query frames of the group's chunk ``j``."""
+        start = self.query_start + j * self.stride
+        return range(start, start + self.query_len)
+
+    def key_range(self, j: int) -> range:
+        """Key frames (context, then its own) of the group's chunk ``j``."""
+        start = self.key_start + j * self.stride
+        return range(start, start + self.key_len)
+
+
+@dataclass(frozen=True, repr=False)
 class ChunkLayout:
     """How a video of ``num_frames`` latent frames is cut into chunks. Immutable and hashable.
 
@@ -118,10 +139,10 @@ class ChunkLayout:
     def __post_init__(self):
         if self.mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
-        _require_int("num_frames", self.num_frames, 1)
-        _require_int("chunk" if self.mode == "context" else "window", self.chunk_frames, 1)
-        _require_int("context", self.context_frames, 0)
-        _require_int("overlap", self.overlap_frames, 0)
+        check_int("num_frames", self.num_frames, 1)
+        check_int("chunk" if self.mode == "context" else "window", self.chunk_frames, 1)
+        check_int("context", self.context_frames, 0)
+        check_int("overlap", self.overlap_frames, 0)
         if self.mode == "context" and self.overlap_frames:
             raise ValueError("overlap must be 0 in context mode; use ChunkLayout.windows for overlapping windows")
         if self.mode == "windows":
@@ -151,6 +172,7 @@ class ChunkLayout:
                 blend_weights=weights,
                 normalized_blend_weights=normalized,
                 frame_blend=entries,
+                frame_source=tuple(e[0][:2] for e in entries),
                 owners=tuple(max(e, key=lambda x: (x[2], -x[0]))[0] for e in entries),
                 overlaps=tuple(
                     (
@@ -182,8 +204,31 @@ class ChunkLayout:
 
     @classmethod
     def windows(cls, num_frames: int, window: int, overlap: int) -> ChunkLayout:
-        """Windows of ``window`` frames, consecutive ones sharing ``overlap`` frames (paper inference)."""
+        """Windows of ``window`` frames, consecutive ones sharing ``overlap`` frames (paper inference).
+
+        A video shorter than ``window`` is one window of ``num_frames`` frames (:attr:`chunk_len`).
+        """
         return cls("windows", num_frames, window, overlap_frames=overlap)
+
+    @classmethod
+    def full(cls, num_frames: int) -> ChunkLayout:
+        """One chunk over the whole video: full attention (``context(num_frames, num_frames)``)."""
+        return cls.context(num_frames, num_frames)
+
+    def __repr__(self) -> str:
+        n, L = self.num_chunks, self.chunk_len
+        if self.is_windows:
+            call = f"ChunkLayout.windows(num_frames={self.num_frames}, window={self.chunk_frames}, overlap={self.overlap_frames})"
+            return f"{call}: {n} window{'s' * (n > 1)} of {L} frames"
+        call = f"ChunkLayout.context(num_frames={self.num_frames}, chunk={self.chunk_frames}, context={self.context_frames})"
+        last = self.num_frames - self.starts[-1]
+        short = f", the last of {last}" if last != L else ""
+        return f"{call}: {n} chunk{'s' * (n > 1)} of {L} frames{short}"
+
+    @property
+    def is_full(self) -> bool:
+        """True for one context-mode chunk over the whole video (full attention)."""
+        return self.mode == "context" and self.num_chunks == 1
 
     # ------------------------------------------------------------------ chunks
     @property
@@ -242,10 +287,43 @@ class ChunkLayout:
 
     def owner(self, frame: int) -> int:
         """Owning chunk of ``frame`` (see :attr:`owners`)."""
-        _require_int("frame", frame, 0)
+        check_int("frame", frame, 0)
         if frame >= self.num_frames:
             raise ValueError(f"frame must be < num_frames={self.num_frames}, got {frame}")
         return self.owners[frame]
+
+    def chunk_groups(self) -> tuple[ChunkGroup, ...]:
+        """Context mode: the chunks grouped by equal query and key lengths (see :meth:`context_groups`)."""
+        if self.mode != "context":
+            raise ValueError("chunk_groups needs a context-mode layout; the windows of a window layout are all alike")
+        return ChunkLayout.context_groups(self.num_frames, self.chunk_frames, self.context_frames)
+
+    @staticmethod
+    def context_groups(num_frames: int, chunk: int, context: int = 0) -> tuple[ChunkGroup, ...]:
+        """The chunks of ``ChunkLayout.context(num_frames, chunk, context)`` as :class:`ChunkGroup` runs.
+
+        Computed without building the layout's tables (``O(context / chunk)`` work), so kernels
+        can call it per launch with token counts as "frames". Typically three groups: the chunks
+        whose context is cut by the video's start (one each), the full chunks, a short last chunk.
+        """
+        F = check_int("num_frames", num_frames, 0)
+        chunk = check_int("chunk", chunk, 1)
+        context = check_int("context", context, 0)
+        n, n_full = -(-F // chunk), F // chunk
+        clamped = min(n, -(-context // chunk))  # chunks i with i*chunk < context: keys start at frame 0
+
+        def single(i: int) -> ChunkGroup:
+            q0, q1 = i * chunk, min(i * chunk + chunk, F)
+            k0 = max(0, q0 - context)
+            return ChunkGroup(i, 1, q0, k0, q1 - q0, q1 - k0, chunk)
+
+        groups = [single(i) for i in range(clamped)]
+        if n_full > clamped:
+            start = clamped * chunk
+            groups.append(ChunkGroup(clamped, n_full - clamped, start, start - context, chunk, chunk + context, chunk))
+        if n > n_full and n - 1 >= clamped:
+            groups.append(single(n - 1))
+        return tuple(groups)
 
     # ------------------------------------------------------------------ blending (window mode)
     @property
@@ -282,6 +360,16 @@ class ChunkLayout:
         return self._window_table("frame_blend")
 
     @property
+    def frame_source(self) -> tuple[tuple[int, int], ...]:
+        """Window mode: for every frame, ``(window, position)`` of the first window covering it.
+
+        Where a video is held as windows whose overlapping frames are identical copies (what
+        :func:`vin_kernels.overlap_fuse` writes with ``out_windows=True``), this is where a frame is
+        read from.
+        """
+        return self._window_table("frame_source")
+
+    @property
     def fusion_table(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
         """:attr:`frame_blend` flattened for kernels (CSR): ``(frame_ptr[F+1], window[E], position[E], weight[E])``.
 
@@ -304,7 +392,7 @@ class ChunkLayout:
         Context mode: over the full sequence ``[B, F*T, H, D]``. Window mode: over the windows batched
         as ``[B*n, chunk_len*T, H, D]`` (each window is one chunk, no context).
         """
-        T = _require_int("tokens_per_frame", tokens_per_frame, 1)
+        T = check_int("tokens_per_frame", tokens_per_frame, 1)
         return {"chunk_size": self.chunk_len * T, "context_size": self.context_frames * T}
 
     # ------------------------------------------------------------------ keyframes
@@ -315,9 +403,9 @@ class ChunkLayout:
         Paper: one keyframe per 1.0 s at 16 fps with a VAE that turns 16 frames into 5 latents
         (``frames_per_latent = 3.2``) gives 5. Halves round up.
         """
-        fps = _require_positive_real("fps", fps)
-        interval_s = _require_positive_real("interval_s", interval_s)
-        frames_per_latent = _require_positive_real("frames_per_latent", frames_per_latent)
+        fps = _positive("fps", fps)
+        interval_s = _positive("interval_s", interval_s)
+        frames_per_latent = _positive("frames_per_latent", frames_per_latent)
         exact = interval_s * fps / frames_per_latent
         stride = math.floor(exact + 0.5 + 1e-9)
         if stride < 1:
@@ -334,21 +422,27 @@ class ChunkLayout:
     @staticmethod
     def keyframes_of(num_frames: int, stride: int, offset: int = 0) -> tuple[int, ...]:
         """Keyframe latent frames ``offset, offset + stride, ... < num_frames`` of any video (no layout needed)."""
-        num_frames = _require_int("num_frames", num_frames, 1)
-        stride = _require_int("keyframe_stride", stride, 1)
-        offset = _require_int("keyframe_offset", offset, 0)
+        num_frames = check_int("num_frames", num_frames, 1)
+        stride = check_int("keyframe_stride", stride, 1)
+        offset = check_int("keyframe_offset", offset, 0)
         if offset >= num_frames:
             raise ValueError(f"keyframe_offset must be < num_frames={num_frames}, got {offset}")
         return tuple(range(offset, num_frames, stride))
 
+    @staticmethod
+    def keyframe_slice(num_frames: int, stride: int, offset: int = 0) -> slice:
+        """:meth:`keyframes_of` as a slice of the frame axis (to read the keyframes as a strided view)."""
+        frames = ChunkLayout.keyframes_of(num_frames, stride, offset)
+        return slice(frames[0], frames[-1] + 1, stride)
+
     # ------------------------------------------------------------------ helpers
     def _chunk_index(self, i: int) -> int:
-        i = _require_int("chunk index", i, 0)
+        i = check_int("chunk index", i, 0)
         if i >= self.num_chunks:
             raise ValueError(f"chunk index must be < num_chunks={self.num_chunks}, got {i}")
         return i
 
     @staticmethod
     def _to_tokens(frames: range, tokens_per_frame: int) -> range:
-        T = _require_int("tokens_per_frame", tokens_per_frame, 1)
+        T = check_int("tokens_per_frame", tokens_per_frame, 1)
         return range(frames.start * T, frames.stop * T)

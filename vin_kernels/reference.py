@@ -15,7 +15,7 @@ import torch
 
 from .layout import ChunkLayout
 
-__all__ = ["chunk_attention", "global_attention", "merge_attention", "overlap_fuse", "keyframe_token_index"]
+__all__ = ["chunk_attention", "global_attention", "merge_attention", "overlap_fuse", "keyframe_token_index", "sample_as_frames"]
 
 # Upper bound on score-matrix elements per block (B * H * rows * keys): 2**26 fp32 = 256 MiB.
 _MAX_SCORE_ELEMENTS = 1 << 26
@@ -98,23 +98,24 @@ def chunk_attention(
         globals_ = [_expand_globals(global_k, B, cdt), _expand_globals(global_v, B, cdt)]
 
     outs, lses = [], []
-    for c0 in range(0, N, chunk_size):
-        c1 = min(c0 + chunk_size, N)
-        lo = max(0, c0 - context_size)
-        k_ctx, v_ctx = kh[:, :, lo:c0], vh[:, :, lo:c0]
-        if not context_grad:
-            k_ctx, v_ctx = k_ctx.detach(), v_ctx.detach()
-        keys = [k_ctx, kh[:, :, c0:c1]]
-        values = [v_ctx, vh[:, :, c0:c1]]
-        if globals_:
-            keys.append(globals_[0])
-            values.append(globals_[1])
-        num_keys = (c1 - lo) + (globals_[0].shape[2] if globals_ else 0)
-        rows = _MAX_SCORE_ELEMENTS // max(1, B * H * num_keys)
-        for r0, r1 in _query_blocks(c0, c1, rows):
-            o_blk, lse_blk = _attend(qh[:, :, r0:r1], keys, values, scale)
-            outs.append(o_blk)
-            lses.append(lse_blk)
+    for group in ChunkLayout.context_groups(N, chunk_size, context_size):
+        for j in range(group.count):
+            rows, keys_range = group.query_range(j), group.key_range(j)
+            lo, c0, c1 = keys_range.start, rows.start, rows.stop
+            k_ctx, v_ctx = kh[:, :, lo:c0], vh[:, :, lo:c0]
+            if not context_grad:
+                k_ctx, v_ctx = k_ctx.detach(), v_ctx.detach()
+            keys = [k_ctx, kh[:, :, c0:c1]]
+            values = [v_ctx, vh[:, :, c0:c1]]
+            if globals_:
+                keys.append(globals_[0])
+                values.append(globals_[1])
+            num_keys = len(keys_range) + (globals_[0].shape[2] if globals_ else 0)
+            block_rows = _MAX_SCORE_ELEMENTS // max(1, B * H * num_keys)
+            for r0, r1 in _query_blocks(c0, c1, block_rows):
+                o_blk, lse_blk = _attend(qh[:, :, r0:r1], keys, values, scale)
+                outs.append(o_blk)
+                lses.append(lse_blk)
 
     if N == 0:
         o = q.new_empty(q.shape)
@@ -226,7 +227,8 @@ def overlap_fuse(
         eps: ``[B, n, L, *feat]`` per-window predictions (``n = layout.num_chunks``,
             ``L = layout.chunk_len``).
         layout: a window-mode :class:`ChunkLayout`.
-        x: optional ``[B, F, *feat]`` current sample.
+        x: optional current sample, as frames ``[B, F, *feat]`` or as windows ``[B, n, L, *feat]``
+            whose overlapping frames are copies (read at :attr:`ChunkLayout.frame_source`).
         coeffs: ``(a, b)``, required with ``x``.
         out_windows: return the result cut back into windows ``[B, n, L, *feat]``.
     Returns:
@@ -240,8 +242,22 @@ def overlap_fuse(
     weights = weights.reshape(n, L, *([1] * len(feat)))
     for i, start in enumerate(layout.starts):
         fused = fused.index_add(1, torch.arange(start, start + L, device=eps.device), weights[i] * eps[:, i].to(cdt))
-    out = fused if x is None else coeffs[0] * x.to(cdt) + coeffs[1] * fused
+    out = fused if x is None else coeffs[0] * sample_as_frames(x, eps, layout).to(cdt) + coeffs[1] * fused
     if out_windows:
         index = torch.tensor(layout.window_frame_index, dtype=torch.long, device=eps.device)
         out = out[:, index]
     return out.to(eps.dtype)
+
+
+def sample_as_frames(x: torch.Tensor, eps: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """The sample ``x`` of :func:`overlap_fuse` as frames ``[B, F, *feat]``.
+
+    ``x`` with one dim fewer than ``eps`` is already frames; ``x`` shaped like ``eps`` is windows
+    ``[B, n, L, *feat]`` and frame ``f`` is read from the first window covering it
+    (:attr:`ChunkLayout.frame_source`; a state written with ``out_windows=True`` holds the same
+    value in every window covering a frame).
+    """
+    if x.dim() < eps.dim():
+        return x
+    window, position = (torch.tensor(c, dtype=torch.long, device=x.device) for c in zip(*layout.frame_source))
+    return x[:, window, position]

@@ -1,7 +1,8 @@
-"""The Triton global_attention kernels (the VIN read) against the reference in float64.
+"""global_attention's fast backends (the VIN read: Triton, sdpa) against the reference in float64.
 
-On a machine without CUDA these run in the Triton interpreter (``TRITON_INTERPRET=1``, set by
-conftest.py), so shapes stay tiny; on a GPU the same tests run natively and add bf16.
+The shared tests take the backend as a fixture. On a machine without CUDA the Triton kernels run in
+the Triton interpreter (``TRITON_INTERPRET=1``, set by conftest.py), so shapes stay tiny; on a GPU
+the same tests run natively and add bf16. sdpa runs everywhere (bf16 included) with any head dim.
 """
 
 import math
@@ -19,8 +20,19 @@ from vin_kernels.testing import assert_close, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # bf16 tl.dot is wrong in the Triton 3.9 interpreter: bf16 is checked on a GPU only.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+BF16_IN_TRITON = torch.cuda.is_available()
 f64 = torch.float64
+
+
+@pytest.fixture(scope="module", params=["triton", "sdpa"])
+def backend(request):
+    return request.param
+
+
+def skip_unchecked(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16 and not BF16_IN_TRITON:
+        pytest.skip("bf16 Triton is checked on a GPU only (tl.dot on bf16 is wrong in the interpreter)")
 
 
 def tol(dtype):
@@ -62,14 +74,14 @@ def grads(o, lse, g_o, g_lse, leaves):
     return torch.autograd.grad(loss, leaves, retain_graph=True)
 
 
-def check_against_reference(gq, k, v, T, stride, offset, dtype, leaves=None, build=None, **kw):
-    """Forward, lse and every gradient of the Triton op against the reference on float64 copies.
+def check_against_reference(gq, k, v, T, stride, offset, dtype, leaves=None, build=None, backend="triton", **kw):
+    """Forward, lse and every gradient of ``backend``'s op against the reference on float64 copies.
 
     ``leaves`` are the tensors to differentiate (default gq, k, v); ``build`` maps the float64 copies of
     ``leaves`` to the float64 ``(gq, k, v)`` (default: identity), for views of packed tensors.
     """
     leaves = leaves if leaves is not None else (gq, k, v)
-    o, lse = run(gq, k, v, T, stride, offset, **kw)
+    o, lse = run(gq, k, v, T, stride, offset, backend=backend, **kw)
     ref_leaves = upcast(*leaves)
     gq64, k64, v64 = build(*ref_leaves) if build else ref_leaves
     o_ref, lse_ref = reference(gq64, k64, v64, T, stride, offset, **kw)
@@ -105,15 +117,23 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B, G, F, T, H, D, stride, offset", CASES)
-def test_forward_lse_and_gradients_match_reference(B, G, F, T, H, D, stride, offset, dtype):
+def test_forward_lse_and_gradients_match_reference(backend, B, G, F, T, H, D, stride, offset, dtype):
+    skip_unchecked(backend, dtype)
     gq, k, v = inputs(B, G, F, T, H, D, dtype)
-    check_against_reference(gq, k, v, T, stride, offset, dtype)
+    check_against_reference(gq, k, v, T, stride, offset, dtype, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_softmax_scale(dtype):
+def test_softmax_scale(backend, dtype):
+    skip_unchecked(backend, dtype)
     gq, k, v = inputs(1, 6, 7, 3, 2, 32, dtype)
-    check_against_reference(gq, k, v, 3, 2, 1, dtype, softmax_scale=0.37)
+    check_against_reference(gq, k, v, 3, 2, 1, dtype, backend=backend, softmax_scale=0.37)
+
+
+@pytest.mark.parametrize("D", [8, 12, 16, 20, 48])
+def test_sdpa_any_head_dim(D):
+    gq, k, v = inputs(2, 5, 7, 3, 2, D, torch.float32)
+    check_against_reference(gq, k, v, 3, 2, 1, torch.float32, backend="sdpa")
 
 
 def test_head_dims_64_80_128():
@@ -123,10 +143,11 @@ def test_head_dims_64_80_128():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gradient_of_o_alone(dtype):
+def test_gradient_of_o_alone(backend, dtype):
     """Only o is used (no lse gradient); ``o.sum()`` hands the backward a stride-0 expanded gradient."""
+    skip_unchecked(backend, dtype)
     gq, k, v = inputs(2, 5, 6, 3, 2, 32, dtype)
-    o = vin_kernels.global_attention(gq, k, v, tokens_per_frame=3, keyframe_stride=2, backend="triton")
+    o = vin_kernels.global_attention(gq, k, v, tokens_per_frame=3, keyframe_stride=2, backend=backend)
     got = torch.autograd.grad(o.sum(), (gq, k, v))
     leaves = upcast(gq, k, v)
     o_ref = ref.global_attention(*leaves, tokens_per_frame=3, keyframe_stride=2)
@@ -137,10 +158,10 @@ def test_gradient_of_o_alone(dtype):
 
 
 @pytest.mark.parametrize("stride, offset", [(3, 0), (4, 2), (1, 0)])
-def test_rows_outside_keyframes_get_exactly_zero_gradient(stride, offset):
+def test_rows_outside_keyframes_get_exactly_zero_gradient(backend, stride, offset):
     B, G, F, T, H, D = 2, 5, 10, 3, 2, 32
     gq, k, v = inputs(B, G, F, T, H, D, torch.float32)
-    _, dk, dv = check_against_reference(gq, k, v, T, stride, offset, torch.float32)
+    _, dk, dv = check_against_reference(gq, k, v, T, stride, offset, torch.float32, backend=backend)
     keyframe = torch.zeros(F * T, dtype=torch.bool, device=DEVICE)
     keyframe[ref.keyframe_token_index(F * T, T, stride, offset, DEVICE)] = True
     for name, d in (("dk", dk), ("dv", dv)):
@@ -234,7 +255,7 @@ def test_public_call_with_many_keys_uses_splits():
 
 # ------------------------------------------------------------------------------------ memory layouts
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_packed_kv_and_batch_expanded_gq(dtype):
+def test_packed_kv_and_batch_expanded_gq(backend, dtype):
     """k, v as slices of a packed ``[B, N, 2, H, D]`` tensor; gq broadcast over the batch (stride 0)."""
     B, G, F, T, H, D = 2, 6, 8, 3, 2, 32
     kv = rand(B, F * T, 2, H, D, dtype=dtype, requires_grad=True)
@@ -244,12 +265,13 @@ def test_packed_kv_and_batch_expanded_gq(dtype):
         return gq_one.expand(B, G, H, D), kv[:, :, 0], kv[:, :, 1]
 
     gq, k, v = build(gq_one, kv)
+    skip_unchecked(backend, dtype)
     assert gq.stride(0) == 0 and not k.is_contiguous() and not v.is_contiguous()
-    check_against_reference(gq, k, v, T, 3, 1, dtype, leaves=(gq_one, kv), build=build)
+    check_against_reference(gq, k, v, T, 3, 1, dtype, leaves=(gq_one, kv), build=build, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_heads_first_transposed_inputs(dtype):
+def test_heads_first_transposed_inputs(backend, dtype):
     """Inputs stored ``[B, H, N, D]`` and transposed to ``[B, N, H, D]`` views."""
     B, G, F, T, H, D = 2, 5, 6, 4, 2, 32
     gq_t = rand(B, H, G, D, dtype=dtype, requires_grad=True)
@@ -260,8 +282,9 @@ def test_heads_first_transposed_inputs(dtype):
         return gq_t.transpose(1, 2), k_t.transpose(1, 2), v_t.transpose(1, 2)
 
     gq, k, v = build(gq_t, k_t, v_t)
+    skip_unchecked(backend, dtype)
     assert not gq.is_contiguous() and not k.is_contiguous()
-    check_against_reference(gq, k, v, T, 2, 1, dtype, leaves=(gq_t, k_t, v_t), build=build)
+    check_against_reference(gq, k, v, T, 2, 1, dtype, leaves=(gq_t, k_t, v_t), build=build, backend=backend)
 
 
 # ------------------------------------------------------------------------------------ poisoned outputs
@@ -329,13 +352,14 @@ def test_every_keyframe_row_of_dk_dv_is_written(monkeypatch):
 
 # ------------------------------------------------------------------------------------ determinism
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_two_runs_are_bitwise_equal(dtype):
+def test_two_runs_are_bitwise_equal(backend, dtype):
+    skip_unchecked(backend, dtype)
     gq, k, v = inputs(2, 18, 9, 5, 1, 32, dtype)
     g_o = torch.randn(2, 18, 1, 32, dtype=dtype, device=DEVICE)
     g_lse = torch.randn(2, 1, 18, device=DEVICE)
     results = []
     for _ in range(2):
-        o, lse = run(gq, k, v, 5, 1, 0)
+        o, lse = run(gq, k, v, 5, 1, 0, backend=backend)
         results.append((o, lse, *grads(o, lse, g_o, g_lse, (gq, k, v))))
     for name, a, b in zip(["o", "lse", "dgq", "dk", "dv"], *results):
         assert torch.equal(a, b), f"{name} differs between two identical runs"
@@ -353,10 +377,10 @@ def test_two_runs_are_bitwise_equal(dtype):
     offset_frac=st.floats(0.0, 1.0, exclude_max=True),
     seed=st.integers(0, 2**16),
 )
-def test_property_matches_reference(B, G, F, T, H, stride, offset_frac, seed):
+def test_property_matches_reference(backend, B, G, F, T, H, stride, offset_frac, seed):
     offset = min(F - 1, math.floor(offset_frac * F))
     # A single key token only meets an absolute bound (test_single_key_fp32_gradients_are_at_rounding_level).
     assume(len(range(offset, F, stride)) * T > 1)
     torch.manual_seed(seed)
     gq, k, v = inputs(B, G, F, T, H, 32, torch.float32)
-    check_against_reference(gq, k, v, T, stride, offset, torch.float32)
+    check_against_reference(gq, k, v, T, stride, offset, torch.float32, backend=backend)

@@ -253,3 +253,57 @@ def test_immutable_and_hashable():
     assert a == b and hash(a) == hash(b)
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.num_frames = 10
+
+
+# ------------------------------------------------------------------------------------ groups, full, repr
+@given(F=st.integers(0, 60), chunk=st.integers(1, 25), context=st.integers(0, 40))
+def test_context_groups_cover_every_chunk_in_order(F, chunk, context):
+    """The groups list every chunk once, in order, with the chunk's own query and key frames."""
+    groups = ChunkLayout.context_groups(F, chunk, context)
+    chunks = [(g.query_range(j), g.key_range(j)) for g in groups for j in range(g.count)]
+    if F == 0:
+        assert chunks == []
+        return
+    layout = ChunkLayout.context(F, chunk, context)
+    assert chunks == [(layout.query_frames(i), layout.key_frames(i)) for i in range(layout.num_chunks)]
+    assert [g.first_chunk for g in groups] == [sum(h.count for h in groups[:i]) for i in range(len(groups))]
+    assert layout.chunk_groups() == groups
+    assert len(groups) <= -(-context // chunk) + 2  # clamped chunks one by one, then full, then a short last
+
+
+def test_context_groups_of_the_paper_layout():
+    (first, full, last) = ChunkLayout.context_groups(50, 20, 8)
+    assert (first.count, first.query_len, first.key_len, first.context_len) == (1, 20, 20, 0)
+    assert (full.count, full.key_start, full.context_len) == (1, 12, 8)
+    assert (last.count, last.query_start, last.query_len, last.key_len) == (1, 40, 10, 18)
+    with pytest.raises(ValueError, match="chunk_groups needs a context-mode layout"):
+        ChunkLayout.windows(50, 20, 8).chunk_groups()
+
+
+def test_full_layout_is_one_chunk():
+    layout = ChunkLayout.full(37)
+    assert layout.is_full and layout.num_chunks == 1 and layout.key_frames(0) == range(37)
+    assert layout.positions_in_chunk == tuple(range(37))
+    assert not ChunkLayout.context(37, 20).is_full and not ChunkLayout.windows(10, 12, 4).is_full
+
+
+def test_repr_states_the_effective_sizes():
+    assert repr(ChunkLayout.windows(4, window=6, overlap=2)) == (
+        "ChunkLayout.windows(num_frames=4, window=6, overlap=2): 1 window of 4 frames"
+    )
+    assert repr(ChunkLayout.windows(44, 20, 12)) == "ChunkLayout.windows(num_frames=44, window=20, overlap=12): 4 windows of 20 frames"
+    assert repr(ChunkLayout.context(50, 20, 8)) == (
+        "ChunkLayout.context(num_frames=50, chunk=20, context=8): 3 chunks of 20 frames, the last of 10"
+    )
+
+
+@pytest.mark.parametrize("layout", [ChunkLayout.windows(30, 20, 12), ChunkLayout.windows(25, 6, 5), ChunkLayout.windows(7, 20, 3)])
+def test_frame_source_is_the_first_covering_window(layout):
+    for f, (window, position) in enumerate(layout.frame_source):
+        assert layout.starts[window] + position == f
+        assert window == min(i for i, s in enumerate(layout.starts) if s <= f < s + layout.chunk_len)
+
+
+def test_keyframe_slice_matches_keyframes():
+    for F, stride, offset in [(11, 5, 1), (20, 5, 0), (3, 7, 2), (9, 1, 0)]:
+        assert tuple(range(F)[ChunkLayout.keyframe_slice(F, stride, offset)]) == ChunkLayout.keyframes_of(F, stride, offset)

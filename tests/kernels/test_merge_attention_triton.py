@@ -1,7 +1,9 @@
-"""The Triton merge_attention kernel (and the op's autograd) against the reference in float64.
+"""merge_attention's fast backends (the Triton kernel and the op's autograd; sdpa, the vectorized torch
+formula) against the reference in float64.
 
-On a machine without CUDA the kernel runs in the Triton interpreter (``TRITON_INTERPRET=1``, set by
-conftest.py), so shapes stay tiny; on a GPU the same tests run natively and add bf16.
+Every test runs once per backend (the module-scoped ``backend`` fixture). On a machine without CUDA
+the Triton kernel runs in the Triton interpreter (``TRITON_INTERPRET=1``, set by conftest.py), so
+shapes stay tiny; on a GPU the same tests run natively and add bf16.
 """
 
 import pytest
@@ -35,8 +37,20 @@ def make(B, N, H, D, dtype, lse_scale=2.0, lse_shift=0.0, requires_grad=False):
     return tuple(t.requires_grad_(requires_grad) for t in (o_a, lse_a, o_b, lse_b))
 
 
+BACKEND = "triton"
+
+
+@pytest.fixture(scope="module", params=["triton", "sdpa"], autouse=True)
+def backend(request):
+    """Runs every test of this module with each backend (``merge`` reads it)."""
+    global BACKEND
+    BACKEND = request.param
+    yield request.param
+    BACKEND = "triton"
+
+
 def merge(o_a, lse_a, o_b, lse_b):
-    return vin_kernels.merge_attention(o_a, lse_a, o_b, lse_b, backend="triton")
+    return vin_kernels.merge_attention(o_a, lse_a, o_b, lse_b, backend=BACKEND)
 
 
 def upcast(*tensors):
@@ -293,6 +307,8 @@ def poisoned(shape, dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("B, N, H, D", [(2, 9, 3, 40), (1, 16, 1, 32), (1, 5, 2, 128)])
 def test_poisoned_outputs_are_fully_written(monkeypatch, B, N, H, D, dtype):
+    if BACKEND != "triton":
+        pytest.skip("kernel output buffers: Triton only")
     monkeypatch.setattr(core, "new_output", poisoned)
     o_a, lse_a, o_b, lse_b = make(B, N, H, D, dtype)
     _, empty_b, both = empty_pattern(B, H, N)

@@ -1,4 +1,5 @@
-"""overlap_fuse on the Triton and CUDA backends against the float64 reference, and its torch.library registration.
+"""overlap_fuse on the Triton, CUDA and sdpa backends against the float64 reference, and the
+torch.library registration of its kernel ops.
 
 The kernel tests take the backend as their first parameter. ``cuda`` cases are marked ``gpu`` (skipped
 without a CUDA device) and skip when the extension ``vin_kernels._C`` is not built; they cross every
@@ -6,11 +7,11 @@ combination. ``triton`` cases run everywhere: on a machine without a CUDA device
 ``TRITON_INTERPRET=1`` and every Triton launch runs in the CPU interpreter, one Python-level program per
 (batch * frame, feature block), so the Triton cases are a chosen subset (smaller batches, fewer dtype and
 mode combinations) that keeps them well under a minute there. ``overlap_fuse`` has no ``tl.dot``, so bf16
-is checked on the CPU too.
+is checked on the CPU too. ``sdpa`` (vectorized torch) runs on the CPU.
 
-The tests at the end run on the CPU whatever the machine: they exercise the custom op
-``vin_kernels::overlap_fuse`` through its ``"reference"`` backend (opcheck, meta tensors, the registered
-backward, torch.compile).
+The registration tests at the end exercise the kernel ops ``vin_kernels::overlap_fuse_triton`` (on the
+CPU in the interpreter) and ``vin_kernels::overlap_fuse_cuda`` (GPU): opcheck, meta tensors, the
+registered backward, torch.compile.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import vin_kernels
 from vin_kernels import ChunkLayout, reference
 from vin_kernels import cuda as vcuda
 from vin_kernels.dispatch import BACKENDS, select_backend
-from vin_kernels.ops.overlap_fuse import layout_tensors
+from vin_kernels.ops.overlap_fuse import fusion_tensors
 from vin_kernels.testing import assert_close, poison_, tolerance
 from vin_kernels.triton import overlap_fuse as triton_overlap_fuse
 
-OP = torch.ops.vin_kernels.overlap_fuse
+TRITON_OP = torch.ops.vin_kernels.overlap_fuse_triton
+CUDA_OP = torch.ops.vin_kernels.overlap_fuse_cuda
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
 DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -63,12 +65,12 @@ MODES = [(False, False), (True, False), (False, True), (True, True)]
 MODES_257 = ([(True, True)], [(False, False)])
 
 # The Triton kernels run on the GPU where there is one, else in the interpreter on the CPU.
-DEVICES = {"triton": "cuda" if torch.cuda.is_available() else "cpu", "cuda": "cuda"}
+DEVICES = {"triton": "cuda" if torch.cuda.is_available() else "cpu", "cuda": "cuda", "sdpa": "cpu"}
 RAW_LAUNCHERS = {"triton": triton_overlap_fuse.overlap_fuse, "cuda": vcuda.overlap_fuse}
 
 needs_extension = pytest.mark.skipif(not vcuda.is_built(), reason=f"vin_kernels._C is not built: {vcuda.build_problem()}")
 CUDA_MARKS = (pytest.mark.gpu, needs_extension)
-BACKEND_PARAMS = [pytest.param("triton"), pytest.param("cuda", marks=CUDA_MARKS)]
+BACKEND_PARAMS = [pytest.param("triton"), pytest.param("sdpa"), pytest.param("cuda", marks=CUDA_MARKS)]
 
 
 def _case(backend: str, *values, id: str):
@@ -133,8 +135,12 @@ def _run_and_check_with_and_without_x(backend, eps, x, layout, out_windows):
 
 
 def _table(layout: ChunkLayout, device):
-    t = layout_tensors(layout, torch.device(device))
-    return (t["frame_ptr"], t["window"], t["position"], t["weight"])
+    return fusion_tensors(layout, torch.device(device))
+
+
+def _as_windows(video: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """A video ``[B, F, *feat]`` cut into the layout's windows ``[B, n, L, *feat]`` (overlaps copied)."""
+    return video[:, torch.tensor(layout.window_frame_index, device=video.device)]
 
 
 # =========================================================================================== forward
@@ -152,12 +158,12 @@ def _forward_cases():
     for layout_key, dtype, (with_x, out_windows) in product(LAYOUTS, HALF_DTYPES, [(False, False), (True, True)]):
         id = f"{layout_key}-4x6-{DTYPE_IDS[dtype]}-{_mode_id(with_x, out_windows)}"
         yield _case("triton", layout_key, (4, 6), dtype, with_x, out_windows, 1, id=id)
-    # CUDA: the full cross product, batch 2.
-    for layout_key, feat_key, dtype, with_x, out_windows in product(
-        LAYOUTS, CUDA_FEATS, DTYPES, (False, True), (False, True)
+    # CUDA and sdpa: the full cross product, batch 2.
+    for backend, layout_key, feat_key, dtype, with_x, out_windows in product(
+        ("cuda", "sdpa"), LAYOUTS, CUDA_FEATS, DTYPES, (False, True), (False, True)
     ):
         id = f"{layout_key}-{feat_key}-{DTYPE_IDS[dtype]}-{_mode_id(with_x, out_windows)}"
-        yield _case("cuda", layout_key, FEATS[feat_key], dtype, with_x, out_windows, 2, id=id)
+        yield _case(backend, layout_key, FEATS[feat_key], dtype, with_x, out_windows, 2, id=id)
 
 
 @pytest.mark.parametrize("backend, layout_key, feat, dtype, with_x, out_windows, batch", list(_forward_cases()))
@@ -189,11 +195,11 @@ def _non_contiguous_cases():
     ]:
         id = f"{layout_key}-{_feat_id(feat)}-{DTYPE_IDS[dtype]}-{'windows' if out_windows else 'frames'}"
         yield _case("triton", layout_key, feat, dtype, out_windows, 2, id=id)
-    for layout_key, feat, dtype, out_windows in product(
-        ["44-20-12", "30-20-12-clamped"], [(4, 6, 10), (257,), ()], DTYPES, (False, True)
+    for backend, layout_key, feat, dtype, out_windows in product(
+        ("cuda", "sdpa"), ["44-20-12", "30-20-12-clamped"], [(4, 6, 10), (257,), ()], DTYPES, (False, True)
     ):
         id = f"{layout_key}-{_feat_id(feat)}-{DTYPE_IDS[dtype]}-{'windows' if out_windows else 'frames'}"
-        yield _case("cuda", layout_key, feat, dtype, out_windows, 3, id=id)
+        yield _case(backend, layout_key, feat, dtype, out_windows, 3, id=id)
 
 
 @pytest.mark.parametrize("backend, layout_key, feat, dtype, out_windows, batch", list(_non_contiguous_cases()))
@@ -211,6 +217,7 @@ def _pointer_offset_cases():
     for backend, layout_key, feats in [
         ("triton", "30-20-12-clamped", [(4, 6)]),
         ("cuda", "44-20-12", [(4, 6, 10), (64,)]),
+        ("sdpa", "44-20-12", [(4, 6, 10)]),
     ]:
         for feat, dtype, out_windows in product(feats, DTYPES, (False, True)):
             id = f"{layout_key}-{_feat_id(feat)}-{DTYPE_IDS[dtype]}-{'windows' if out_windows else 'frames'}"
@@ -237,6 +244,7 @@ def _strides_swapped_cases():
     for backend, feat_dtypes in [
         ("triton", [((8,), torch.float32), ((3,), torch.float16)]),
         ("cuda", list(product([(8,), (3,)], DTYPES))),
+        ("sdpa", list(product([(8,), (3,)], DTYPES))),
     ]:
         for (feat, dtype), out_windows in product(feat_dtypes, (False, True)):
             id = f"{_feat_id(feat)}-{DTYPE_IDS[dtype]}-{'windows' if out_windows else 'frames'}"
@@ -333,12 +341,12 @@ def _grad_cases():
     for layout_key, dtype, out_windows in product(["30-20-12-clamped", "25-6-5-stride-1"], HALF_DTYPES, (False, True)):
         id = f"{layout_key}-3x4-{DTYPE_IDS[dtype]}-{_mode_id(True, out_windows)}"
         yield _case("triton", layout_key, (3, 4), dtype, True, out_windows, id=id)
-    # CUDA, feature dims (3, 4): three layouts, every dtype and mode.
-    for layout_key, dtype, with_x, out_windows in product(
-        ["44-20-12", "30-20-12-clamped", "25-6-5-stride-1"], DTYPES, (False, True), (False, True)
+    # CUDA and sdpa, feature dims (3, 4): three layouts, every dtype and mode.
+    for backend, layout_key, dtype, with_x, out_windows in product(
+        ("cuda", "sdpa"), ["44-20-12", "30-20-12-clamped", "25-6-5-stride-1"], DTYPES, (False, True), (False, True)
     ):
         id = f"{layout_key}-3x4-{DTYPE_IDS[dtype]}-{_mode_id(with_x, out_windows)}"
-        yield _case("cuda", layout_key, (3, 4), dtype, with_x, out_windows, id=id)
+        yield _case(backend, layout_key, (3, 4), dtype, with_x, out_windows, id=id)
 
 
 @pytest.mark.parametrize("backend, layout_key, feat, dtype, with_x, out_windows", list(_grad_cases()))
@@ -395,14 +403,15 @@ def _problems(draw):
     )
 
 
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
 @settings(max_examples=100)
 @given(problem=_problems())
-def test_triton_property_random_layouts(problem):
+def test_property_random_layouts(backend, problem):
     layout, feat, dtype = problem["layout"], problem["feat"], problem["dtype"]
     with_x, out_windows, coeffs = problem["with_x"], problem["out_windows"], problem["coeffs"]
-    eps, x = _inputs(layout, feat, dtype, with_x, DEVICES["triton"], batch=problem["batch"])
+    eps, x = _inputs(layout, feat, dtype, with_x, DEVICES[backend], batch=problem["batch"])
     out = vin_kernels.overlap_fuse(
-        eps, layout, x=x, coeffs=coeffs if with_x else None, out_windows=out_windows, backend="triton"
+        eps, layout, x=x, coeffs=coeffs if with_x else None, out_windows=out_windows, backend=backend
     )
     assert out.dtype == dtype and tuple(out.shape) == _out_shape(layout, eps, out_windows)
     expected = _expected(eps, layout, x, out_windows, coeffs=coeffs)
@@ -410,6 +419,57 @@ def test_triton_property_random_layouts(problem):
         assert (out == 0).all()
     else:
         assert_close(out, expected, tolerance(dtype))
+
+
+# =========================================================================================== x as windows
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("layout_key", ["30-20-12-clamped", "25-6-5-stride-1", "7-20-3-one-window"])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_windowed_state_advances_like_the_video(backend, layout_key, dtype):
+    """A sampler state kept as windows (overlaps copied) and advanced with x as windows gives, window for
+    window, the video advanced with x as frames: two steps of ``x <- a x + b blend(eps)``."""
+    layout = _layout(layout_key)
+    device = DEVICES[backend]
+    video = _randn((2, layout.num_frames, 3, 2), dtype, device)
+    state = _as_windows(video, layout)
+    for step in range(2):
+        eps = _randn((2, layout.num_chunks, layout.chunk_len, 3, 2), dtype, device)
+        video = vin_kernels.overlap_fuse(eps, layout, x=video, coeffs=COEFFS, backend=backend)
+        state = vin_kernels.overlap_fuse(eps, layout, x=state, coeffs=COEFFS, out_windows=True, backend=backend)
+        assert torch.equal(state, _as_windows(video, layout)), f"step {step}: windows differ from the video's"
+
+
+@pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_windowed_x_reads_each_frame_from_its_first_window(backend, out_windows):
+    """x as windows whose copies disagree: frame f comes from ChunkLayout.frame_source (the reference's rule)."""
+    layout = _layout("25-6-5-stride-1")
+    device = DEVICES[backend]
+    eps = _randn((2, layout.num_chunks, layout.chunk_len, 3), torch.float32, device)
+    x = _randn(tuple(eps.shape), torch.float32, device)  # copies of a frame differ
+    out = vin_kernels.overlap_fuse(eps, layout, x=x, coeffs=COEFFS, out_windows=out_windows, backend=backend)
+    assert_close(out, _expected(eps, layout, x, out_windows), tolerance(torch.float32))
+    first = torch.stack([x[:, w, p] for w, p in layout.frame_source], dim=1)  # frame f from its first window
+    blend = vin_kernels.overlap_fuse(eps, layout, backend="reference")
+    expected = COEFFS[0] * first + COEFFS[1] * blend
+    assert_close(out, _as_windows(expected, layout) if out_windows else expected, tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_windowed_x_gradients(backend):
+    layout = _layout("30-20-12-clamped")
+    device = DEVICES[backend]
+    eps = _randn((2, layout.num_chunks, layout.chunk_len, 3), torch.float32, device).requires_grad_()
+    x = _randn(tuple(eps.shape), torch.float32, device).requires_grad_()
+    out = vin_kernels.overlap_fuse(eps, layout, x=x, coeffs=COEFFS, out_windows=True, backend=backend)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (eps, x))
+    eps64, x64 = (t.detach().cpu().double().requires_grad_() for t in (eps, x))
+    ref = reference.overlap_fuse(eps64, layout, x=x64, coeffs=COEFFS, out_windows=True)
+    ref_grads = torch.autograd.grad((ref * g.cpu().double()).sum(), (eps64, x64))
+    for name, grad, ref_grad in zip(("grad eps", "grad x"), grads, ref_grads):
+        assert_close(grad, ref_grad, tolerance(torch.float32), name)
+    assert (ref_grads[1] != 0).sum() == layout.num_frames * 2 * 3  # one window copy per frame is read
 
 
 # =========================================================================================== CUDA only
@@ -423,7 +483,7 @@ def test_cuda_opcheck(dtype, with_x, out_windows):
     layout = ChunkLayout.windows(F, W, O)
     eps, x = _inputs(layout, (8,), dtype, with_x, "cuda")
     a, b = COEFFS if with_x else NO_COEFFS
-    torch.library.opcheck(OP, (eps, F, W, O, x, a, b, out_windows, "cuda"))
+    torch.library.opcheck(CUDA_OP, (eps, *_table(layout, eps.device), x, a, b, out_windows))
 
 
 def _check_doubled_step_under_torch_compile(step, eps, x, layout, out_windows):
@@ -438,13 +498,13 @@ def _check_doubled_step_under_torch_compile(step, eps, x, layout, out_windows):
 @needs_extension
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
 def test_cuda_op_under_torch_compile(out_windows):
-    """The custom op with backend "cuda" inside a compiled graph (fake kernel while tracing)."""
-    F, W, O = LAYOUTS["44-20-12"]
-    layout = ChunkLayout.windows(F, W, O)
+    """The CUDA kernel op inside a compiled graph (fake kernel while tracing)."""
+    layout = _layout("44-20-12")
     eps, x = _inputs(layout, (4, 8), torch.float16, True, "cuda")
+    table = _table(layout, eps.device)
 
     def step(eps, x):
-        return OP(eps, F, W, O, x, COEFFS[0], COEFFS[1], out_windows, "cuda") * 2.0
+        return CUDA_OP(eps, *table, x, COEFFS[0], COEFFS[1], out_windows) * 2.0
 
     _check_doubled_step_under_torch_compile(step, eps, x, layout, out_windows)
 
@@ -473,7 +533,7 @@ def test_raw_binding_validates_before_launch():
     frame_ptr, window, position, weight = _table(layout, eps.device)
     kwargs = dict(
         eps=eps.data_ptr(), eps_stride_batch=eps.stride(0), eps_stride_window=eps.stride(1),
-        eps_stride_pos=eps.stride(2), x=0, x_stride_batch=0, x_stride_frame=0,
+        eps_stride_pos=eps.stride(2), x=0, x_stride_batch=0, x_stride_1=0, x_stride_2=0, x_windows=False,
         out=out.data_ptr(), out_stride_batch=out.stride(0), out_stride_1=out.stride(1), out_stride_2=0,
         frame_ptr=frame_ptr.data_ptr(), entry_window=window.data_ptr(), entry_pos=position.data_ptr(),
         entry_weight=weight.data_ptr(), batch=2, num_frames=layout.num_frames, features=8,
@@ -492,40 +552,39 @@ def test_raw_binding_validates_before_launch():
 
 # =========================================================================================== registration, on the CPU
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
-@pytest.mark.parametrize("with_x", [False, True], ids=["no-x", "x"])
+@pytest.mark.parametrize("x_form", ["none", "frames", "windows"])
 @pytest.mark.parametrize("feat", [(3,), ()], ids=["3", "none"])
-def test_op_opcheck_reference_cpu(feat, with_x, out_windows):
-    F, W, O = LAYOUTS["30-20-12-clamped"]
-    layout = ChunkLayout.windows(F, W, O)
-    eps, x = _inputs(layout, feat, torch.float32, with_x, "cpu")
-    a, b = COEFFS if with_x else NO_COEFFS
-    torch.library.opcheck(OP, (eps, F, W, O, x, a, b, out_windows, "reference"))
+def test_triton_op_opcheck(feat, x_form, out_windows):
+    layout = _layout("30-20-12-clamped")
+    eps, x = _inputs(layout, feat, torch.float32, x_form != "none", DEVICES["triton"])
+    if x_form == "windows":
+        x = _as_windows(x, layout)
+    a, b = COEFFS if x is not None else NO_COEFFS
+    torch.library.opcheck(TRITON_OP, (eps, *_table(layout, eps.device), x, a, b, out_windows))
 
 
-def test_op_opcheck_with_grad_cpu():
-    F, W, O = 26, 10, 4  # a layout no other test uses
-    layout = ChunkLayout.windows(F, W, O)
-    eps, x = _inputs(layout, (3,), torch.float32, True, "cpu")
+def test_triton_op_opcheck_with_grad():
+    layout = ChunkLayout.windows(26, 10, 4)  # a layout no other test uses
+    eps, x = _inputs(layout, (3,), torch.float32, True, DEVICES["triton"])
     eps.requires_grad_(True)
     x.requires_grad_(True)
-    torch.library.opcheck(OP, (eps, F, W, O, x, COEFFS[0], COEFFS[1], False, "reference"))
+    torch.library.opcheck(TRITON_OP, (eps, *_table(layout, eps.device), x, COEFFS[0], COEFFS[1], False))
 
 
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
 @pytest.mark.parametrize("with_x", [False, True], ids=["no-x", "x"])
-@pytest.mark.parametrize("backend", ["reference", "cuda"])
-def test_op_on_meta_tensors(backend, with_x, out_windows):
-    F, W, O = LAYOUTS["44-20-12"]
-    layout = ChunkLayout.windows(F, W, O)
+@pytest.mark.parametrize("op", [TRITON_OP, CUDA_OP], ids=["triton", "cuda"])
+def test_op_on_meta_tensors(op, with_x, out_windows):
+    layout = _layout("44-20-12")
     eps, x = _inputs(layout, (4, 6), torch.float16, with_x, "meta")
     a, b = COEFFS if with_x else NO_COEFFS
-    out = OP(eps, F, W, O, x, a, b, out_windows, backend)
+    out = op(eps, *_table(layout, eps.device), x, a, b, out_windows)
     assert out.device.type == "meta" and out.dtype == torch.float16
     assert tuple(out.shape) == _out_shape(layout, eps, out_windows)
 
 
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
-@pytest.mark.parametrize("backend", ["auto", "reference", "cuda"])
+@pytest.mark.parametrize("backend", ["auto", "reference", "sdpa", "triton", "cuda"])
 def test_public_function_on_meta_tensors(backend, out_windows):
     layout = _layout("30-20-12-clamped")
     eps, x = _inputs(layout, (5,), torch.bfloat16, True, "meta")
@@ -535,38 +594,40 @@ def test_public_function_on_meta_tensors(backend, out_windows):
 
 
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
-@pytest.mark.parametrize("with_x", [False, True], ids=["no-x", "x"])
+@pytest.mark.parametrize("x_form", ["none", "frames", "windows"])
 @pytest.mark.parametrize("layout_key", list(LAYOUTS))
-def test_op_backward_matches_reference_cpu(layout_key, with_x, out_windows):
-    """The op's registered backward (the one the CUDA backend uses) against float64 autograd."""
-    F, W, O = LAYOUTS[layout_key]
-    layout = ChunkLayout.windows(F, W, O)
-    eps, x = _inputs(layout, (3, 2), torch.float32, with_x, "cpu")
+def test_op_backward_matches_reference(layout_key, x_form, out_windows):
+    """The kernel ops' registered backward (shared by Triton and CUDA) against float64 autograd."""
+    layout = _layout(layout_key)
+    with_x = x_form != "none"
+    eps, x = _inputs(layout, (3, 2), torch.float32, with_x, DEVICES["triton"])
+    if x_form == "windows":
+        x = _as_windows(x, layout) + _randn((eps.shape[0], layout.num_chunks, layout.chunk_len, 3, 2), torch.float32, eps.device)
     a, b = COEFFS if with_x else NO_COEFFS
     inputs = [eps.requires_grad_(True)] + ([x.requires_grad_(True)] if with_x else [])
-    out = OP(eps, F, W, O, x, a, b, out_windows, "reference")
+    out = TRITON_OP(eps, *_table(layout, eps.device), x, a, b, out_windows)
     g = torch.randn_like(out)
     grads = torch.autograd.grad((out * g).sum(), inputs)
 
-    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    inputs64 = [t.detach().cpu().double().requires_grad_(True) for t in inputs]
     x64 = inputs64[1] if with_x else None
     ref = reference.overlap_fuse(
         inputs64[0], layout, x=x64, coeffs=COEFFS if with_x else None, out_windows=out_windows
     )
-    ref_grads = torch.autograd.grad((ref * g.double()).sum(), inputs64)
+    ref_grads = torch.autograd.grad((ref * g.detach().cpu().double()).sum(), inputs64)
     assert_close(out, ref, tolerance(torch.float32), "output")
     for name, grad, ref_grad in zip(("grad eps", "grad x"), grads, ref_grads):
         assert grad.dtype == torch.float32, name
         assert_close(grad, ref_grad, tolerance(torch.float32), name)
 
 
-def test_op_under_torch_compile_cpu():
-    F, W, O = LAYOUTS["30-20-12-clamped"]
-    layout = ChunkLayout.windows(F, W, O)
-    eps, x = _inputs(layout, (3,), torch.float32, True, "cpu")
+def test_triton_op_under_torch_compile():
+    layout = _layout("30-20-12-clamped")
+    eps, x = _inputs(layout, (3,), torch.float32, True, DEVICES["triton"])
+    table = _table(layout, eps.device)
 
     def step(eps, x):
-        return OP(eps, F, W, O, x, COEFFS[0], COEFFS[1], True, "reference") * 2.0
+        return TRITON_OP(eps, *table, x, COEFFS[0], COEFFS[1], True) * 2.0
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(eps, x)
     assert_close(compiled / 2.0, _expected(eps, layout, x, True), tolerance(torch.float32))
@@ -587,7 +648,7 @@ def test_fresh_layout_under_torch_compile():
     eps = torch.randn(2, 4, 14, 3)
 
     def f(eps):
-        return vin_kernels.overlap_fuse(eps, layout, backend="reference") * 2.0
+        return vin_kernels.overlap_fuse(eps, layout, backend="triton") * 2.0
 
     compiled = torch.compile(f, fullgraph=True, backend="eager")(eps)
     assert_close(compiled / 2.0, _expected(eps, layout), tolerance(torch.float32))

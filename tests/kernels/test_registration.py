@@ -1,8 +1,8 @@
 """The torch.library registration of every op: opcheck, torch.compile(fullgraph=True), meta tensors.
 
-The six custom ops are ``vin_kernels::chunk_attention``, ``chunk_attention_backward``,
-``global_attention``, ``global_attention_backward``, ``merge_attention`` and ``overlap_fuse``. Their
-real kernels are the Triton ones (on a machine without a CUDA device they run in the Triton CPU
+The custom ops are ``vin_kernels::chunk_attention``, ``chunk_attention_backward``,
+``global_attention``, ``global_attention_backward``, ``merge_attention``, ``overlap_fuse_triton`` and
+``overlap_fuse_cuda`` (tested in test_overlap_fuse_kernels.py). Their real kernels are the Triton ones (on a machine without a CUDA device they run in the Triton CPU
 interpreter, see ``conftest.py``), so every problem here is tiny: head dim 32, a dozen tokens.
 
 * ``torch.library.opcheck`` runs the schema, fake-tensor, autograd-registration and
@@ -22,6 +22,7 @@ import torch
 
 import vin_kernels
 from vin_kernels import ChunkLayout, reference
+from vin_kernels.ops.overlap_fuse import fusion_tensors
 from vin_kernels.testing import assert_close, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,8 +155,8 @@ def test_opcheck_merge_attention(requires_grad):
 def test_opcheck_overlap_fuse_triton(with_x, out_windows, requires_grad):
     eps, x = _overlap_inputs(requires_grad)
     a, b = COEFFS if with_x else (0.0, 1.0)
-    F, W, O = LAYOUT.num_frames, LAYOUT.chunk_frames, LAYOUT.overlap_frames
-    _opcheck(OPS.overlap_fuse, (eps, F, W, O, x if with_x else None, a, b, out_windows, "triton"))
+    table = fusion_tensors(LAYOUT, eps.device)
+    _opcheck(OPS.overlap_fuse_triton, (eps, *table, x if with_x else None, a, b, out_windows))
 
 
 # =========================================================================================== torch.compile

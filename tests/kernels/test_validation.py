@@ -156,8 +156,9 @@ CHUNK_CASES = [
     case("v-head-dim-mismatch", lambda: dict(v=t(B, N, H, 64)), ValueError, r"^v must have the shape of q"),
     case("k-dtype-mismatch", lambda: dict(k=qkv(dtype=torch.float16)), TypeError, r"^k must have the dtype of q \(torch\.float32\), got torch\.float16"),
     case("v-dtype-mismatch", lambda: dict(v=qkv(dtype=torch.bfloat16)), TypeError, r"^v must have the dtype of q"),
-    case("head-dim-48", lambda: dict(q=t(B, N, H, 48), k=t(B, N, H, 48), v=t(B, N, H, 48)), ValueError, r"^q has head_dim 48 \(last dim\); supported head dims are"),
-    case("head-dim-256", lambda: dict(q=t(B, N, H, 256), k=t(B, N, H, 256), v=t(B, N, H, 256)), ValueError, r"^q has head_dim 256"),
+    case("head-dim-0", lambda: dict(q=t(B, N, H, 0), k=t(B, N, H, 0), v=t(B, N, H, 0)), ValueError, r"^q has head_dim 0 \(last dim\); it must be at least 1"),
+    case("head-dim-48-triton", lambda: dict(q=t(B, N, H, 48), k=t(B, N, H, 48), v=t(B, N, H, 48), backend="triton"), ValueError, r"^chunk_attention: backend='triton': head_dim 48 \(last dim of the inputs\) is not supported by the triton backend, which takes head dims \(32, 64, 72, 80, 96, 128\); the sdpa and reference backends take any"),
+    case("head-dim-256-triton", lambda: dict(q=t(B, N, H, 256), k=t(B, N, H, 256), v=t(B, N, H, 256), backend="triton"), ValueError, r"^chunk_attention: backend='triton': head_dim 256 "),
     case("q-last-stride-2", lambda: dict(q=strided(B, N, H, D)), ValueError, r"^q must have stride 1 in its last dimension"),
     case("k-last-stride-2", lambda: dict(k=strided(B, N, H, D)), ValueError, r"^k must have stride 1 in its last dimension"),
     case("v-last-stride-2", lambda: dict(v=strided(B, N, H, D)), ValueError, r"^v must have stride 1 in its last dimension"),
@@ -230,8 +231,8 @@ GLOBAL_CASES = [
     case("k-heads-ne-gq-heads", lambda: dict(k=t(B, N, H + 1, D)), ValueError, r"^k must have shape .* with batch=2, heads=2, head_dim=32 like gq"),
     case("k-head-dim-ne-gq", lambda: dict(k=t(B, N, H, 64)), ValueError, r"^k must have shape .* head_dim=32 like gq"),
     case("v-shape-ne-k", lambda: dict(v=t(B, N - T, H, D)), ValueError, r"^v must have the shape of k \(2, 12, 2, 32\), got \(2, 8, 2, 32\)"),
-    case("head-dim-48", lambda: dict(gq=t(B, G, H, 48), k=t(B, N, H, 48), v=t(B, N, H, 48)), ValueError, r"^gq has head_dim 48 \(last dim\); supported head dims are"),
-    case("head-dim-256", lambda: dict(gq=t(B, G, H, 256), k=t(B, N, H, 256), v=t(B, N, H, 256)), ValueError, r"^gq has head_dim 256"),
+    case("head-dim-0", lambda: dict(gq=t(B, G, H, 0), k=t(B, N, H, 0), v=t(B, N, H, 0)), ValueError, r"^gq has head_dim 0 \(last dim\); it must be at least 1"),
+    case("head-dim-48-triton", lambda: dict(gq=t(B, G, H, 48), k=t(B, N, H, 48), v=t(B, N, H, 48), backend="triton"), ValueError, r"^global_attention: backend='triton': head_dim 48 .* not supported by the triton backend"),
     case("gq-last-stride-2", lambda: dict(gq=strided(B, G, H, D)), ValueError, r"^gq must have stride 1 in its last dimension"),
     case("k-last-stride-2", lambda: dict(k=strided(B, N, H, D)), ValueError, r"^k must have stride 1 in its last dimension"),
     case("v-last-stride-2", lambda: dict(v=strided(B, N, H, D)), ValueError, r"^v must have stride 1 in its last dimension"),
@@ -320,10 +321,11 @@ FUSE_CASES = [
     case("x-dtype-mismatch", lambda: with_x(x=t(B, F, *FEAT, dtype=torch.float16)), TypeError, r"^x must have the dtype of eps \(torch\.float32\), got torch\.float16"),
     case("x-meta-device", lambda: with_x(x=t(B, F, *FEAT, device="meta")), ValueError, r"^x must be on the device of eps \(cpu\), got meta"),
     case("eps-meta-device", lambda: with_x(eps=t(B, NW, L, *FEAT, device="meta")), ValueError, r"^x must be on the device of eps \(meta\), got cpu"),
-    case("x-wrong-num-frames", lambda: with_x(x=t(B, F + 1, *FEAT)), ValueError, r"^x must have shape \[batch, num_frames, \*features\] = \(2, 10, 3, 5\), got \(2, 11, 3, 5\)"),
+    case("x-wrong-num-frames", lambda: with_x(x=t(B, F + 1, *FEAT)), ValueError, r"^x must have shape \[batch, num_frames, \*features\] = \(2, 10, 3, 5\) \(frames\) or the shape of eps \(2, 4, 4, 3, 5\) \(windows\), got \(2, 11, 3, 5\)"),
     case("x-wrong-features", lambda: with_x(x=t(B, F, 5, 3)), ValueError, r"^x must have shape \[batch, num_frames, \*features\] = \(2, 10, 3, 5\)"),
     case("x-wrong-batch", lambda: with_x(x=t(B + 1, F, *FEAT)), ValueError, r"^x must have shape \[batch, num_frames, \*features\]"),
-    case("x-windows-shape", lambda: with_x(x=t(B, NW, L, *FEAT)), ValueError, r"^x must have shape \[batch, num_frames, \*features\]"),
+    case("x-windows-wrong-count", lambda: with_x(x=t(B, NW - 1, L, *FEAT)), ValueError, r"^x must have shape \[batch, num_frames, \*features\] = .* or the shape of eps"),
+    case("x-windows-not-packed", lambda: with_x(x=t(B, NW, L, FEAT[1], FEAT[0]).transpose(-1, -2)), ValueError, r"^x must be contiguous in its feature dims \(dims 3 and up\)"),
     case("x-feature-dims-non-contiguous", lambda: with_x(x=t(B, F, 5, 3).transpose(2, 3)), ValueError, r"^x must be contiguous in its feature dims \(dims 2 and up\)"),
     case("coeffs-one-value", lambda: with_x(coeffs=(0.5,)), TypeError, r"^coeffs must be a pair \(a, b\) of floats, got \(0\.5,\)"),
     case("coeffs-three-values", lambda: with_x(coeffs=(0.5, 1.0, 2.0)), TypeError, r"^coeffs must be a pair \(a, b\) of floats"),
@@ -347,7 +349,7 @@ def test_overlap_fuse_rejects(over, exc, match):
 @pytest.mark.parametrize(
     "backend, exc, match",
     [
-        pytest.param("bogus", ValueError, r"^backend must be 'auto' or one of \('reference', 'triton', 'cuda'\), got 'bogus'", id="unknown-name"),
+        pytest.param("bogus", ValueError, r"^backend must be 'auto' or one of \('reference', 'sdpa', 'triton', 'cuda'\), got 'bogus'", id="unknown-name"),
         pytest.param("Reference", ValueError, r"^backend must be 'auto' or one of .*, got 'Reference'", id="wrong-case"),
         pytest.param("", ValueError, r"^backend must be 'auto' or one of .*, got ''", id="empty-string"),
         pytest.param(None, TypeError, r"^backend must be a str, got NoneType", id="None"),
@@ -361,7 +363,7 @@ def test_backend_argument_rejected(op, backend, exc, match):
 
 @pytest.mark.parametrize("op", ["chunk_attention", "global_attention", "merge_attention"])
 def test_backend_the_op_lacks(op):
-    with pytest.raises(ValueError, match=rf"^{op} has no 'cuda' backend \(backend='cuda'\); it has: triton, reference"):
+    with pytest.raises(ValueError, match=rf"^{op} has no 'cuda' backend \(backend='cuda'\); it has: reference, sdpa, triton"):
         CALLS[op](backend="cuda")
 
 
@@ -403,15 +405,15 @@ def test_validation_runs_before_backend_selection(monkeypatch):
 @pytest.mark.parametrize(
     "make, exc, match",
     [
-        pytest.param(lambda: ChunkLayout.context(0, 4), ValueError, r"^num_frames must be a positive integer, got 0", id="context-num_frames-0"),
-        pytest.param(lambda: ChunkLayout.windows(0, 4, 2), ValueError, r"^num_frames must be a positive integer, got 0", id="windows-num_frames-0"),
-        pytest.param(lambda: ChunkLayout.context(10, 0), ValueError, r"^chunk must be a positive integer, got 0", id="chunk-0"),
-        pytest.param(lambda: ChunkLayout.context(10, -2), ValueError, r"^chunk must be a positive integer, got -2", id="chunk-negative"),
-        pytest.param(lambda: ChunkLayout.windows(10, 0, 0), ValueError, r"^window must be a positive integer, got 0", id="window-0"),
-        pytest.param(lambda: ChunkLayout.context(10, 4, -1), ValueError, r"^context must be an integer >= 0, got -1", id="context-negative"),
+        pytest.param(lambda: ChunkLayout.context(0, 4), ValueError, r"^num_frames must be >= 1, got 0", id="context-num_frames-0"),
+        pytest.param(lambda: ChunkLayout.windows(0, 4, 2), ValueError, r"^num_frames must be >= 1, got 0", id="windows-num_frames-0"),
+        pytest.param(lambda: ChunkLayout.context(10, 0), ValueError, r"^chunk must be >= 1, got 0", id="chunk-0"),
+        pytest.param(lambda: ChunkLayout.context(10, -2), ValueError, r"^chunk must be >= 1, got -2", id="chunk-negative"),
+        pytest.param(lambda: ChunkLayout.windows(10, 0, 0), ValueError, r"^window must be >= 1, got 0", id="window-0"),
+        pytest.param(lambda: ChunkLayout.context(10, 4, -1), ValueError, r"^context must be >= 0, got -1", id="context-negative"),
         pytest.param(lambda: ChunkLayout.windows(10, 4, 4), ValueError, r"^overlap must be smaller than window, got overlap=4 >= window=4", id="overlap-eq-window"),
         pytest.param(lambda: ChunkLayout.windows(10, 4, 7), ValueError, r"^overlap must be smaller than window, got overlap=7 >= window=4", id="overlap-gt-window"),
-        pytest.param(lambda: ChunkLayout.windows(10, 4, -1), ValueError, r"^overlap must be an integer >= 0, got -1", id="overlap-negative"),
+        pytest.param(lambda: ChunkLayout.windows(10, 4, -1), ValueError, r"^overlap must be >= 0, got -1", id="overlap-negative"),
         pytest.param(lambda: ChunkLayout.context(10.0, 4), TypeError, r"^num_frames must be an int, got float", id="num_frames-float"),
         pytest.param(lambda: ChunkLayout.context(10, 4.0), TypeError, r"^chunk must be an int, got float", id="chunk-float"),
         pytest.param(lambda: ChunkLayout.context(10, True), TypeError, r"^chunk must be an int, got bool", id="chunk-bool"),
@@ -425,7 +427,7 @@ def test_validation_runs_before_backend_selection(monkeypatch):
         pytest.param(lambda: ChunkLayout.keyframe_stride(interval_s=0), ValueError, r"^interval_s must be a positive finite number, got 0", id="keyframe_stride-interval-0"),
         pytest.param(lambda: ChunkLayout.keyframe_stride(fps=-1), ValueError, r"^fps must be a positive finite number, got -1", id="keyframe_stride-fps-negative"),
         pytest.param(lambda: ChunkLayout.keyframe_stride(fps=math.nan), ValueError, r"^fps must be a positive finite number, got nan", id="keyframe_stride-fps-nan"),
-        pytest.param(lambda: ChunkLayout.keyframe_stride(fps="16"), TypeError, r"^fps must be a number, got str", id="keyframe_stride-fps-str"),
+        pytest.param(lambda: ChunkLayout.keyframe_stride(fps="16"), TypeError, r"^fps must be a float, got str", id="keyframe_stride-fps-str"),
         pytest.param(lambda: ChunkLayout.keyframe_stride(frames_per_latent=0), ValueError, r"^frames_per_latent must be a positive finite number", id="keyframe_stride-frames_per_latent-0"),
     ],
 )  # fmt: skip

@@ -1,13 +1,14 @@
-"""chunk_attention: public function, torch.library ops (forward, backward), fake kernels, autograd, dispatch."""
+"""chunk_attention: public function, backend registrations, the Triton torch.library ops (forward,
+backward) with fake kernels and autograd."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .. import reference
-from ..checks import validate_chunk_attention
-from ..dispatch import select_backend
+from .. import reference, sdpa
+from ..checks import TRITON_HEAD_DIMS, validate_chunk_attention
+from ..dispatch import implementation, register
 from ..flops import BACKWARD_FACTOR, chunk_attention_flops
 
 __all__ = ["chunk_attention"]
@@ -37,7 +38,10 @@ def chunk_attention(
 
     Args:
         q, k, v: ``[B, N, H, D]`` (flash-attn layout), fp16/bf16/fp32, same dtype and device, stride 1
-            in the last dim; ``D`` in :data:`vin_kernels.checks.HEAD_DIMS`.
+            in the last dim. Any head dim ``D`` on the sdpa and reference backends; Triton takes
+            :data:`vin_kernels.checks.TRITON_HEAD_DIMS`. Tensors in SDPA's ``[B, H, N, D]`` layout
+            go in without a copy as ``q.transpose(1, 2)`` (the op reads strides; it does not need
+            contiguous inputs), and ``o.transpose(1, 2)`` is the result in that layout.
         chunk_size: query tokens per chunk (>= 1).
         context_size: tokens before a chunk's own that its queries also see (>= 0).
         global_k, global_v: ``[Bg, G, H, D]`` shared global keys/values or None; ``Bg`` divides ``B``
@@ -46,7 +50,7 @@ def chunk_attention(
             through the chunks that see it only as context (the paper's stop-gradient).
         softmax_scale: defaults to ``1 / sqrt(D)``.
         return_lse: also return the log-sum-exp of every query's scores.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"`` (see :func:`vin_kernels.backends`).
+        backend: ``"auto"``, ``"sdpa"``, ``"triton"`` or ``"reference"`` (see :func:`vin_kernels.backends`).
     Returns:
         ``o [B, N, H, D]`` in ``q.dtype``; with ``return_lse`` the pair ``(o, lse)``, ``lse [B, H, N]``
         float32 natural log. Differentiable in q, k, v, global_k, global_v (and through ``lse``).
@@ -58,8 +62,16 @@ def chunk_attention(
     validate_chunk_attention(
         q, k, v, global_k, global_v, chunk_size, context_size, context_grad, softmax_scale, return_lse
     )
-    chosen = select_backend("chunk_attention", backend, q.device)
-    if chosen == "reference" or q.numel() == 0:
+    impl = implementation("chunk_attention", backend, q.device, head_dim=q.shape[-1])
+    return impl.fn(
+        q, k, v, chunk_size=chunk_size, context_size=context_size, global_k=global_k, global_v=global_v,
+        context_grad=context_grad, softmax_scale=softmax_scale, return_lse=return_lse,
+    )
+
+
+def _triton(q, k, v, *, chunk_size, context_size, global_k, global_v, context_grad, softmax_scale, return_lse):
+    """The Triton kernels through their torch.library op (empty inputs: the reference)."""
+    if q.numel() == 0:
         return reference.chunk_attention(
             q, k, v, chunk_size=chunk_size, context_size=context_size, global_k=global_k, global_v=global_v,
             context_grad=context_grad, softmax_scale=softmax_scale, return_lse=return_lse,
@@ -159,3 +171,8 @@ def _backward_flops(do, dlse, q, k, v, global_k, global_v, o, lse, chunk_size, c
     B, N, H, D = q
     G = 0 if global_k is None else global_k[1]
     return int(BACKWARD_FACTOR * chunk_attention_flops(B, N, H, D, chunk_size, context_size, G))
+
+
+register("chunk_attention", "reference", reference.chunk_attention)
+register("chunk_attention", "sdpa", sdpa.chunk_attention)
+register("chunk_attention", "triton", _triton, head_dims=TRITON_HEAD_DIMS)

@@ -1,13 +1,14 @@
-"""global_attention (the VIN read): public function, torch.library ops, fake kernels, autograd, dispatch."""
+"""global_attention (the VIN read): public function, backend registrations, the Triton torch.library
+ops with fake kernels and autograd."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .. import reference
-from ..checks import validate_global_attention
-from ..dispatch import select_backend
+from .. import reference, sdpa
+from ..checks import TRITON_HEAD_DIMS, validate_global_attention
+from ..dispatch import implementation, register
 from ..flops import BACKWARD_FACTOR, global_attention_flops
 
 __all__ = ["global_attention"]
@@ -32,12 +33,14 @@ def global_attention(
     :meth:`ChunkLayout.keyframe_stride`, paper: 5).
 
     Args:
-        gq: ``[B, G, H, D]`` global queries, fp16/bf16/fp32, stride 1 in the last dim.
+        gq: ``[B, G, H, D]`` global queries, fp16/bf16/fp32, stride 1 in the last dim (any head dim
+            on sdpa/reference, :data:`vin_kernels.checks.TRITON_HEAD_DIMS` on Triton; ``[B, H, G, D]``
+            tensors go in as ``gq.transpose(1, 2)``, no copy).
         k, v: ``[B, N, H, D]`` video keys/values, dtype/device of ``gq``, ``N`` a multiple of ``T``.
         tokens_per_frame, keyframe_stride: >= 1. keyframe_offset: ``0 <= offset < N / T``.
         softmax_scale: defaults to ``1 / sqrt(D)``.
         return_lse: also return the log-sum-exp.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        backend: ``"auto"``, ``"sdpa"``, ``"triton"`` or ``"reference"``.
     Returns:
         ``o [B, G, H, D]`` in ``gq.dtype``; with ``return_lse`` also ``lse [B, H, G]`` float32.
         Differentiable in gq, k, v (rows of k/v outside the keyframes get zero gradient).
@@ -47,8 +50,16 @@ def global_attention(
         z = global_attention(gq, k, v, tokens_per_frame=240, keyframe_stride=ChunkLayout.keyframe_stride())
     """
     validate_global_attention(gq, k, v, tokens_per_frame, keyframe_stride, keyframe_offset, softmax_scale, return_lse)
-    chosen = select_backend("global_attention", backend, gq.device)
-    if chosen == "reference" or gq.numel() == 0:
+    impl = implementation("global_attention", backend, gq.device, head_dim=gq.shape[-1])
+    return impl.fn(
+        gq, k, v, tokens_per_frame=tokens_per_frame, keyframe_stride=keyframe_stride,
+        keyframe_offset=keyframe_offset, softmax_scale=softmax_scale, return_lse=return_lse,
+    )
+
+
+def _triton(gq, k, v, *, tokens_per_frame, keyframe_stride, keyframe_offset, softmax_scale, return_lse):
+    """The Triton kernels through their torch.library op (empty inputs: the reference)."""
+    if gq.numel() == 0:
         return reference.global_attention(
             gq, k, v, tokens_per_frame=tokens_per_frame, keyframe_stride=keyframe_stride,
             keyframe_offset=keyframe_offset, softmax_scale=softmax_scale, return_lse=return_lse,
@@ -133,3 +144,8 @@ def _backward_flops(do, dlse, gq, k, v, o, lse, tokens_per_frame, keyframe_strid
     B, G, H, D = gq
     flops = global_attention_flops(B, G, H, D, k[1], tokens_per_frame, keyframe_stride, keyframe_offset)
     return int(BACKWARD_FACTOR * flops)
+
+
+register("global_attention", "reference", reference.global_attention)
+register("global_attention", "sdpa", sdpa.global_attention)
+register("global_attention", "triton", _triton, head_dims=TRITON_HEAD_DIMS)

@@ -1,12 +1,13 @@
-"""merge_attention: public function, torch.library op, fake kernel, autograd, dispatch."""
+"""merge_attention: public function, backend registrations, the Triton torch.library op with its fake
+kernel and autograd."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import reference
+from .. import reference, sdpa
 from ..checks import validate_merge_attention
-from ..dispatch import select_backend
+from ..dispatch import implementation, register
 
 __all__ = ["merge_attention"]
 
@@ -23,13 +24,17 @@ def merge_attention(
     Args:
         o_a, o_b: ``[B, N, H, D]`` partial outputs, fp16/bf16/fp32, same dtype/device/shape.
         lse_a, lse_b: ``[B, H, N]`` float32 natural-log sums, as returned with ``return_lse=True``.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        backend: ``"auto"``, ``"sdpa"``, ``"triton"`` or ``"reference"``.
     Returns:
         ``(o [B, N, H, D] in o_a.dtype, lse [B, H, N] float32)``, differentiable in all four inputs.
     """
     validate_merge_attention(o_a, lse_a, o_b, lse_b)
-    chosen = select_backend("merge_attention", backend, o_a.device)
-    if chosen == "reference" or o_a.numel() == 0:
+    return implementation("merge_attention", backend, o_a.device).fn(o_a, lse_a, o_b, lse_b)
+
+
+def _triton(o_a, lse_a, o_b, lse_b):
+    """The Triton kernel through its torch.library op (empty inputs: the reference)."""
+    if o_a.numel() == 0:
         return reference.merge_attention(o_a, lse_a, o_b, lse_b)
     return _merge_attention_op(o_a, lse_a, o_b, lse_b)
 
@@ -77,3 +82,8 @@ def _backward(ctx, do, dlse):
 
 
 _merge_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+register("merge_attention", "reference", reference.merge_attention)
+register("merge_attention", "sdpa", sdpa.merge_attention)
+register("merge_attention", "triton", _triton)

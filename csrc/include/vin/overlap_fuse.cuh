@@ -4,6 +4,7 @@
 // For every (batch b, frame f, feature c):
 //   fused = sum_{e in frame_ptr[f] .. frame_ptr[f+1]} weight[e] * eps[b, window[e], position[e], c]
 //   value = x ? coef_a * x[b, f, c] + coef_b * fused : fused
+//           (x_windows: x[b, window[e0], position[e0], c] with e0 = frame_ptr[f], the frame's first window)
 //   out[b, f, c] = value                                          (out_windows == false)
 //   out[b, window[e], position[e], c] = value  for every entry e  (out_windows == true)
 // The CSR table (frame_ptr, window, position, weight) comes from ChunkLayout.fusion_table; the
@@ -46,8 +47,11 @@ __global__ void overlap_fuse_kernel(const OverlapFuseParams p) {
       for (int j = 0; j < VEC; ++j) acc[j] = fmaf(w, vals[j], acc[j]);
     }
     if (x != nullptr) {
+      const int64_t x_row = p.x_windows
+                                ? p.entry_window[e_begin] * p.x_stride_1 + p.entry_pos[e_begin] * p.x_stride_2
+                                : f * p.x_stride_1;
       float xs[VEC];
-      load_floats<T, VEC>(x + b * p.x_stride_batch + f * p.x_stride_frame + c, xs);
+      load_floats<T, VEC>(x + b * p.x_stride_batch + x_row + c, xs);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) acc[j] = p.coef_a * xs[j] + p.coef_b * acc[j];
     }
