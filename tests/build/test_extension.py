@@ -137,7 +137,7 @@ def _null_call_kwargs(**overrides):
     """Arguments of _C.overlap_fuse with every pointer null (nothing can be launched on them)."""
     kwargs = dict(
         eps=0, eps_stride_batch=0, eps_stride_window=0, eps_stride_pos=0,
-        x=0, x_stride_batch=0, x_stride_frame=0,
+        x=0, x_stride_batch=0, x_stride_1=0, x_stride_2=0, x_windows=False,
         out=0, out_stride_batch=0, out_stride_1=0, out_stride_2=0,
         frame_ptr=0, entry_window=0, entry_pos=0, entry_weight=0,
         batch=1, num_frames=1, features=1, coef_a=0.0, coef_b=1.0, out_windows=False, dtype=0, stream=0,
