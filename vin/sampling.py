@@ -11,16 +11,23 @@ from .diffusion import DiffusionSchedule
 from .dit import VideoDiT
 from .interface import VIN
 
-__all__ = ["sample", "denoise_step"]
+__all__ = ["sample", "denoise_step", "video_of"]
 
 
 def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
 
 
-def _blend(windows: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-    """Windows ``[B, n, L, ...]`` -> video ``[B, F, ...]`` with the layout's blend weights."""
-    return vin_kernels.overlap_fuse(windows, layout)
+def video_of(state: torch.Tensor, layout: ChunkLayout, *, fused: bool) -> torch.Tensor:
+    """The video ``[B, F, ...]`` a sampling state holds.
+
+    Context layout: the state is the video. Window layout: the state is the windows
+    ``[B, n, L, ...]``; while fusing, overlapping frames are identical copies and are read as they are;
+    once the windows evolve on their own, their predictions are blended (:func:`vin_kernels.overlap_fuse`).
+    """
+    if not layout.is_windows:
+        return state
+    return layout.frames_from_copies(state) if fused else vin_kernels.overlap_fuse(state, layout)
 
 
 @torch.no_grad()
@@ -40,25 +47,29 @@ def denoise_step(
 ) -> torch.Tensor:
     """One DDIM step ``t -> t_prev`` of every chunk of every video in one batched DiT call.
 
-    ``state`` (float32; the networks run in their own dtype) is the video ``[B, F, C, h, w]`` (context layout, or window layout with ``fuse``) or
-    the windows ``[B, n, L, C, h, w]`` (window layout without ``fuse``); the result has the same
-    form. With ``fuse`` the windows' noise predictions are blended and the DDIM update applied in
-    one :func:`vin_kernels.overlap_fuse`. The VIN reads the whole current video (the blend of the
-    windows when they evolve independently). ``eta > 0`` needs ``generator``.
+    ``state`` (float32; the networks run in their own dtype) is the video ``[B, F, C, h, w]`` (context
+    layout) or the windows ``[B, n, L, C, h, w]`` (window layout); the result has the same form. The
+    VIN reads the whole current video (:func:`video_of`). Window layout with ``fuse``: the windows'
+    noise predictions are blended and the DDIM update applied to the windowed state in one
+    :func:`vin_kernels.overlap_fuse` (``x`` and the result as windows: overlapping frames stay
+    identical copies); without ``fuse`` every window is updated on its own. ``eta > 0`` needs
+    ``generator``; its noise is drawn per frame while fusing (copies stay identical), per window after.
     """
     a, b, sigma = schedule.ddim(t, t_prev, eta)
     t_batch = torch.full((state.shape[0],), t, device=state.device, dtype=torch.long)
-    independent = layout.is_windows and not fuse
-    global_kv = vin(_blend(state, layout) if independent else state, t_batch, text) if vin is not None else None
-    if layout.is_windows and fuse:
-        index = torch.tensor(layout.window_frame_index, device=state.device)
-        eps = model(state[:, index], t_batch, text, layout=layout, global_kv=global_kv).to(state.dtype)
-        state = vin_kernels.overlap_fuse(eps, layout, x=state, coeffs=(a, b))
+    fused = layout.is_windows and fuse
+    global_kv = vin(video_of(state, layout, fused=fused), t_batch, text) if vin is not None else None
+    eps = model(state, t_batch, text, layout=layout, global_kv=global_kv).to(state.dtype)
+    if fused:
+        state = vin_kernels.overlap_fuse(eps, layout, x=state, coeffs=(a, b), out_windows=True)
     else:
-        eps = model(state, t_batch, text, layout=layout, global_kv=global_kv).to(state.dtype)
         state = a * state + b * eps
     if sigma > 0:
-        state = state + sigma * _randn(state.shape, generator, state)
+        if fused:
+            video_shape = (state.shape[0], layout.num_frames, *state.shape[3:])
+            state = state + sigma * layout.cut_windows(_randn(video_shape, generator, state))
+        else:
+            state = state + sigma * _randn(state.shape, generator, state)
     return state
 
 
@@ -81,36 +92,36 @@ def sample(
     DDIM with ``steps`` steps counted down from ``steps`` to 1; every step runs the VIN on the
     current video and all chunks of all videos in one batched DiT call (:func:`denoise_step`).
 
-    * Window layout (the paper's inference): while the step number is above ``t_alpha`` the
-      overlapping windows' noise predictions are blended by :func:`vin_kernels.overlap_fuse`, fused
-      with the DDIM update into one video; afterwards each window evolves on its own and the
-      final video is assembled with the same blend.
+    * Window layout (the paper's inference): the state is the windows. While the step number is
+      above ``t_alpha`` the overlapping windows' noise predictions are blended and the DDIM update
+      applied by one :func:`vin_kernels.overlap_fuse` call per step (early fusion); afterwards each
+      window evolves on its own and the final video is the blend of the windows.
     * Context layout (the cheaper variant): the video is never duplicated; each chunk sees the
       context frames before it, and the DDIM update runs on the whole video. For full attention
-      use ``ChunkLayout.context(F, F)`` with ``vin=None``.
+      use ``ChunkLayout.full(F)`` with ``vin=None``.
 
     The sampling state stays float32; the DiT and VIN run in the dtype of their weights.
     Deterministic given ``generator`` (all noise is drawn from it). ``progress`` shows a tqdm bar.
     """
     if not isinstance(layout, ChunkLayout):
-        raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.context(F, F) for full attention), got {layout!r}")
+        raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.full(F) for full attention), got {layout!r}")
     schedule = schedule or DiffusionSchedule()
     cfg = model.cfg
     like = torch.empty((), device=text.device, dtype=torch.float32)
     state = _randn((text.shape[0], layout.num_frames, cfg.in_channels, cfg.height, cfg.width), generator, like)
+    if layout.is_windows:
+        state = layout.cut_windows(state)
     timesteps = schedule.timesteps(steps)
     iterator = enumerate(timesteps)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=steps, desc="sampling")
-    fusing = layout.is_windows
+    fuse = layout.is_windows
     for i, t in iterator:
-        if fusing and steps - i <= t_alpha:  # early fusion is over: cut the video into windows
-            state = state[:, torch.tensor(layout.window_frame_index, device=state.device)]
-            fusing = False
+        fuse = layout.is_windows and steps - i > t_alpha  # early fusion: step numbers steps .. t_alpha + 1
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         state = denoise_step(
-            model, vin, state, text, t, t_prev, layout, fuse=fusing, schedule=schedule, eta=eta, generator=generator
+            model, vin, state, text, t, t_prev, layout, fuse=fuse, schedule=schedule, eta=eta, generator=generator
         )
-    return _blend(state, layout) if layout.is_windows and not fusing else state
+    return video_of(state, layout, fused=fuse)

@@ -43,11 +43,8 @@ def training_loss(
     x_t = schedule.add_noise(x0, noise, t)
     global_kv = vin(x_t, t, text) if vin is not None else None
     if layout is not None and layout.is_windows:
-        index = torch.tensor(layout.window_frame_index, device=x0.device)
-        eps = model(x_t[:, index], t, text, layout=layout, global_kv=global_kv, context_grad=False)
-        owner = torch.tensor(layout.owners, device=x0.device)
-        position = torch.arange(layout.num_frames, device=x0.device) - torch.tensor(layout.starts, device=x0.device)[owner]
-        eps = eps[:, owner, position]
+        eps = model(layout.cut_windows(x_t), t, text, layout=layout, global_kv=global_kv, context_grad=False)
+        eps = layout.owned_frames(eps)
     else:
         eps = model(x_t, t, text, layout=layout, global_kv=global_kv, context_grad=False)
     return F.mse_loss(eps.float(), noise.float())

@@ -377,6 +377,34 @@ class ChunkLayout:
         """
         return self._window_table("fusion_table")
 
+    # ------------------------------------------------------------------ tensors (window mode)
+    def cut_windows(self, video):
+        """Window mode: a video ``[B, F, *feat]`` as its windows ``[B, n, L, *feat]`` (overlaps copied)."""
+        import torch
+
+        index = torch.tensor(self.window_frame_index, dtype=torch.long, device=video.device)
+        return video[:, index]
+
+    def frames_from_copies(self, windows):
+        """Window mode: the video ``[B, F, *feat]`` held by windows ``[B, n, L, *feat]`` whose overlapping
+        frames are copies (each frame read from :attr:`frame_source`). Blending is
+        :func:`vin_kernels.overlap_fuse`; this reads, exactly."""
+        import torch
+
+        window, position = (torch.tensor(c, dtype=torch.long, device=windows.device) for c in zip(*self.frame_source))
+        return windows[:, window, position]
+
+    def owned_frames(self, windows):
+        """Window mode: the video ``[B, F, *feat]`` taking every frame from its owning window
+        (:attr:`owners`; the prediction the training loss scores)."""
+        import torch
+
+        owner = torch.tensor(self.owners, dtype=torch.long, device=windows.device)
+        position = torch.tensor(
+            [f - self.starts[o] for f, o in enumerate(self.owners)], dtype=torch.long, device=windows.device
+        )
+        return windows[:, owner, position]
+
     # ------------------------------------------------------------------ tokens
     def query_tokens(self, i: int, tokens_per_frame: int) -> range:
         """Token range of chunk ``i``'s queries in the full-length sequence."""

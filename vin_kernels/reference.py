@@ -200,8 +200,9 @@ def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, l
     m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
     wa, wb = torch.exp(la - m), torch.exp(lb - m)
     total = wa + wb
-    lse = m + torch.log(total)
     safe_total = torch.where(total == 0, torch.ones_like(total), total)
+    # Both sides empty: lse = -inf, chosen by where so that no log(0) is differentiated (its gradient, 0 * inf, is NaN).
+    lse = torch.where(total == 0, torch.full_like(total, float("-inf")), m + torch.log(safe_total))
     # [B, H, N] -> [B, N, H, 1] to scale o
     sa = (wa / safe_total).transpose(1, 2).unsqueeze(-1)
     sb = (wb / safe_total).transpose(1, 2).unsqueeze(-1)
@@ -244,8 +245,7 @@ def overlap_fuse(
         fused = fused.index_add(1, torch.arange(start, start + L, device=eps.device), weights[i] * eps[:, i].to(cdt))
     out = fused if x is None else coeffs[0] * sample_as_frames(x, eps, layout).to(cdt) + coeffs[1] * fused
     if out_windows:
-        index = torch.tensor(layout.window_frame_index, dtype=torch.long, device=eps.device)
-        out = out[:, index]
+        out = layout.cut_windows(out)
     return out.to(eps.dtype)
 
 
@@ -257,7 +257,4 @@ def sample_as_frames(x: torch.Tensor, eps: torch.Tensor, layout: ChunkLayout) ->
     (:attr:`ChunkLayout.frame_source`; a state written with ``out_windows=True`` holds the same
     value in every window covering a frame).
     """
-    if x.dim() < eps.dim():
-        return x
-    window, position = (torch.tensor(c, dtype=torch.long, device=x.device) for c in zip(*layout.frame_source))
-    return x[:, window, position]
+    return x if x.dim() < eps.dim() else layout.frames_from_copies(x)

@@ -202,5 +202,5 @@ def overlap_fuse(
     if x is not None:
         fused = coeffs[0] * reference.sample_as_frames(x, eps, layout).to(cdt) + coeffs[1] * fused
     if out_windows:
-        fused = fused[:, index].unflatten(1, (n, L))
+        fused = layout.cut_windows(fused)
     return fused.to(eps.dtype)

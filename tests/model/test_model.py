@@ -193,12 +193,42 @@ def test_fused_step_is_the_blend_then_the_ddim_update(nets):
     layout = PRESET.window_layout(F)
     schedule = vin.DiffusionSchedule()
     t, t_prev = 900, 880
-    fused = vin.sampling.denoise_step(model, net_vin, x, text, t, t_prev, layout, fuse=True, schedule=schedule)
+    state = _windows(x, layout)  # the sampler keeps a window layout's state as windows
+    fused = vin.sampling.denoise_step(model, net_vin, state, text, t, t_prev, layout, fuse=True, schedule=schedule)
     t_batch = torch.full((B,), t)
-    eps = model(_windows(x, layout), t_batch, text, layout=layout, global_kv=net_vin(x, t_batch, text))
+    eps = model(state, t_batch, text, layout=layout, global_kv=net_vin(x, t_batch, text))
     a, b, _ = schedule.ddim(t, t_prev)
     expected = a * x + b * vin_kernels.reference.overlap_fuse(eps, layout)
-    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
+    assert fused.shape == state.shape
+    torch.testing.assert_close(fused, _windows(expected, layout), rtol=1e-5, atol=1e-5)
+    assert torch.equal(vin.sampling.video_of(fused, layout, fused=True), layout.frames_from_copies(fused))
+
+
+def test_window_sampler_equals_the_video_sampler_written_out(nets):
+    """vin.sample with a window layout, against the same DDIM loop written with the state as a video:
+    gather the windows each fused step, blend, update; after t_alpha, independent windows, final blend."""
+    model, net_vin = nets
+    _, _, text = _inputs()
+    layout, steps, t_alpha = PRESET.window_layout(F), 6, 3
+    schedule = vin.DiffusionSchedule()
+    got = vin.sample(model, net_vin, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((B, F, *SHAPE), generator=gen)
+    timesteps = schedule.timesteps(steps)
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < steps else -1
+        a, b, _ = schedule.ddim(t, t_prev)
+        t_batch = torch.full((B,), t)
+        if steps - i > t_alpha:
+            eps = model(_windows(x, layout), t_batch, text, layout=layout, global_kv=net_vin(x, t_batch, text))
+            x = vin_kernels.overlap_fuse(eps, layout, x=x, coeffs=(a, b))
+        else:
+            if x.shape[1] == F:
+                x = _windows(x, layout)
+            video = vin_kernels.overlap_fuse(x, layout)
+            x = a * x + b * model(x, t_batch, text, layout=layout, global_kv=net_vin(video, t_batch, text))
+    expected = vin_kernels.overlap_fuse(x, layout)
+    assert torch.equal(got, expected)
 
 
 def test_context_mode_sampling(nets):
