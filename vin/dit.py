@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -23,10 +26,12 @@ from .layers import (
     zero_,
 )
 
-__all__ = ["VideoDiT", "GlobalKV"]
+__all__ = ["VideoDiT", "GlobalKV", "PrefixKV"]
 
 # Per DiT layer, the VIN's global keys and values ``[B, G, heads, head_dim]`` (or None: no VIN).
 GlobalKV = list[tuple[torch.Tensor, torch.Tensor]]
+# ``prefix_kv(block, k, v)``: keys/values of the tokens before a part of a video (see VideoDiT.forward).
+PrefixKV = Callable[[int, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
 
 
 class DiTBlock(nn.Module):
@@ -47,13 +52,28 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(h, cfg.mlp_hidden)
         self.ada = nn.Sequential(nn.SiLU(), zero_(nn.Linear(h, 6 * h)))
 
-    def forward(self, x, c, text, attention: dict, global_kv, backend: str):
-        """x ``[B, N, hidden]``, c ``[B, hidden]``, text ``[B, L, hidden]``; attention: chunk_attention sizes."""
+    def forward(self, x, c, text, attention: dict, global_kv, backend: str, prefix_kv=None, rows=None):
+        """x ``[B, N, hidden]``, c ``[B, hidden]``, text ``[B, L, hidden]``; attention: chunk_attention sizes.
+
+        ``rows``: the modulation is computed for all rows of ``c`` and these rows kept (``c`` then
+        covers more sequences than ``x``; see ``window_range`` of :meth:`VideoDiT.forward`).
+        ``prefix_kv(k, v)`` (see :meth:`VideoDiT.forward`) returns the keys/values ``[B, P, H, D]`` of
+        the ``P`` tokens before ``x`` (whole chunks) or None; they join as ``P`` zero queries whose
+        outputs are dropped, so every chunk of ``x`` attends to exactly the keys it would in the whole
+        sequence, through the same ``chunk_attention`` call.
+        """
         B, N, _ = x.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        modulation = self.ada(c) if rows is None else self.ada(c)[rows]
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         q, k, v = split_heads(self.qkv(modulate(self.norm1(x), shift1, scale1)), 3, self.heads)
         gk, gv = global_kv if global_kv is not None else (None, None)
+        prefix = prefix_kv(k, v) if prefix_kv is not None else None
+        if prefix is not None:
+            pk, pv = prefix
+            q, k, v = torch.cat([q.new_zeros(pk.shape), q], 1), torch.cat([pk, k], 1), torch.cat([pv, v], 1)
         a = vin_kernels.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **attention)
+        if prefix is not None:
+            a = a[:, prefix[0].shape[1] :]
         x = x + gate1[:, None] * self.proj(a.reshape(B, N, -1))
         q = self.cross_q(self.norm2(x)).view(B, N, self.heads, -1)
         tk, tv = split_heads(self.cross_kv(text), 2, self.heads)
@@ -104,6 +124,9 @@ class VideoDiT(nn.Module):
         layout: ChunkLayout | None = None,
         global_kv: GlobalKV | None = None,
         context_grad: bool = True,
+        first_frame: int = 0,
+        prefix_kv: PrefixKV | None = None,
+        window_range: range | None = None,
     ) -> torch.Tensor:
         """Predict the noise of ``x``.
 
@@ -112,6 +135,19 @@ class VideoDiT(nn.Module):
             t: ``[B]`` diffusion timesteps. text: ``[B, text_len, text_dim]``.
             global_kv: per block the VIN's ``(gk, gv)`` ``[B, G, heads, head_dim]``, or None.
             context_grad: False stops gradients through the context frames (training).
+            first_frame: context layout, for a video split across processes (:mod:`vin.parallel`):
+                ``x`` holds the layout's frames ``[first_frame, first_frame + F)``, ``first_frame``
+                the start of a chunk.
+            prefix_kv: with ``first_frame``: called in block ``i`` as ``prefix_kv(i, k, v)`` with the
+                block's keys/values ``[B, F*T, heads, head_dim]`` of ``x``; returns the keys/values
+                ``[B, P, heads, head_dim]`` of the ``P`` tokens before ``x`` (whole chunks; only the
+                layout's context is read, the rest may be zeros) or None. :mod:`vin.parallel` sends and
+                receives them here. No prefix: the chunks of ``x`` see no context before it.
+            window_range: window layout, for a video split across processes: ``x``
+                ``[B, len(window_range), L, ...]`` holds these windows of the layout. The adaLN
+                modulation is still computed for all ``layout.num_chunks`` windows, and these rows
+                kept, so a process's numbers are bitwise one process's: MKL rounds a matrix product
+                of fewer than 4 rows differently (measured on a 2-core AVX-512 CPU, torch 2.13).
         Returns:
             the predicted noise, shaped like ``x``, in the model's dtype (inputs are cast to it).
         """
@@ -120,28 +156,52 @@ class VideoDiT(nn.Module):
         x, text = x.to(dtype), text.to(dtype)
         c, text = self.t_embed(t), self.text_proj(text)  # per video, before windows repeat them
         windows = layout is not None and layout.is_windows
+        rows = None
         if windows:
             B, n = x.shape[:2]
             x = x.flatten(0, 1)
-            c, text = c.repeat_interleave(n, dim=0), text.repeat_interleave(n, dim=0)
+            text = text.repeat_interleave(n, dim=0)
+            if window_range is not None:
+                self._check_window_range(layout, window_range, n)
+                window_index = torch.tensor(window_range, device=x.device)
+                rows = (torch.arange(B, device=x.device)[:, None] * layout.num_chunks + window_index).flatten()
+                n = layout.num_chunks
+            c = c.repeat_interleave(n, dim=0)
+        elif window_range is not None:
+            raise ValueError("window_range needs a window-mode layout")
         F = x.shape[1]
         T = cfg.tokens_per_frame
         tokens = self.patch_embed(patchify(x, cfg.patch))
-        time_pos = sincos(self._time_positions(layout, F, x.device), cfg.hidden).to(tokens.dtype)
+        if (first_frame or prefix_kv is not None) and (windows or layout is None):
+            raise ValueError("first_frame and prefix_kv need a context-mode layout")
+        time_pos = sincos(self._time_positions(layout, F, x.device, first_frame), cfg.hidden).to(tokens.dtype)
         tokens = (tokens.view(-1, F, T, cfg.hidden) + self.spatial_pos + time_pos[:, None]).flatten(1, 2)
         attention = (
             layout.attention_sizes(T) if layout is not None else {"chunk_size": F * T, "context_size": 0}
         ) | {"context_grad": context_grad}
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, c, text, attention, None if global_kv is None else global_kv[i], self.backend)
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+            prefix = None if prefix_kv is None else functools.partial(prefix_kv, i)
+            tokens = block(tokens, c, text, attention, None if global_kv is None else global_kv[i], self.backend, prefix, rows)
+        shift, scale = (self.final_ada(c) if rows is None else self.final_ada(c)[rows]).chunk(2, dim=-1)
         out = self.final(modulate(self.final_norm(tokens), shift, scale))
         eps = unpatchify(out, F, cfg.in_channels, cfg.height, cfg.width, cfg.patch)
-        return eps.unflatten(0, (B, n)) if windows else eps
+        return eps.unflatten(0, (B, -1)) if windows else eps
 
     @staticmethod
-    def _time_positions(layout: ChunkLayout | None, num_frames: int, device) -> torch.Tensor:
+    def _check_window_range(layout: ChunkLayout, window_range, windows_in_x: int) -> None:
+        if not isinstance(window_range, range) or window_range.step != 1 or len(window_range) != windows_in_x:
+            raise ValueError(f"window_range must be a range of the {windows_in_x} windows in x, got {window_range!r}")
+        if window_range.start < 0 or window_range.stop > layout.num_chunks:
+            raise ValueError(f"window_range must lie in range(0, {layout.num_chunks}), got {window_range!r}")
+
+    @staticmethod
+    def _time_positions(layout: ChunkLayout | None, num_frames: int, device, first_frame: int = 0) -> torch.Tensor:
         """Per frame of ``x``: its index inside the chunk/window that owns it (the frame index in full mode)."""
         if layout is None or layout.is_windows:
             return torch.arange(num_frames, device=device)
-        return torch.tensor(layout.positions_in_chunk, device=device)
+        if first_frame not in layout.starts or first_frame + num_frames > layout.num_frames:
+            raise ValueError(
+                f"first_frame must be a chunk start {layout.starts} with first_frame + frames <= "
+                f"{layout.num_frames}, got first_frame={first_frame} for {num_frames} frames"
+            )
+        return torch.tensor(layout.positions_in_chunk[first_frame : first_frame + num_frames], device=device)

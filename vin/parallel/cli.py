@@ -1,0 +1,184 @@
+"""``python -m vin.parallel``: sample one video on N local processes (or under torchrun) and report.
+
+Examples::
+
+    python -m vin.parallel --nproc-per-node 2 --preset tiny --frames 40 --layout windows --seed 0
+    python -m vin.parallel --nproc-per-node 1 --preset tiny --frames 40 --layout windows --seed 0  # one process
+    torchrun --nproc-per-node 8 -m vin.parallel --preset paper --frames 320 --layout windows --seed 0
+
+Every rank builds the same random-weight model from ``--seed`` (no pretrained weights exist), samples
+with :func:`vin.parallel.sample` (``--nproc-per-node 1``: :func:`vin.sample` in this process), and
+the command prints per rank the step time and the bytes it sent per step, then a checksum of the
+video (equal for every number of processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import vin
+
+from .launch import default_backend, init_from_env, launch, under_torchrun
+from .plan import Plan, split
+from .sampling import SampleStats, sample
+
+PRESETS = {"tiny": vin.presets.tiny, "paper": vin.presets.paper}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vin.parallel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nproc-per-node", type=int, default=None, help="processes to start (default: 1; under torchrun: its world)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--frames", type=int, required=True, help="latent frames of the video")
+    parser.add_argument("--layout", choices=("windows", "context"), required=True)
+    parser.add_argument("--seed", type=int, default=0, help="weights, text and noise")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's, 50)")
+    parser.add_argument("--t-alpha", type=int, default=None, help="fuse windows while step > t_alpha (default: the preset's, 20)")
+    parser.add_argument("--batch", type=int, default=1, help="videos sampled together")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
+    parser.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="default: nccl when every rank has a GPU, else gloo")
+    parser.add_argument("--save", default=None, help="torch.save the sampled latent video [B, F, C, h, w] (float32) here")
+    args = parser.parse_args(argv)
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        parser.error(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if args.nproc_per_node not in (None, int(os.environ.get("LOCAL_WORLD_SIZE", world))):
+            parser.error(f"--nproc-per-node {args.nproc_per_node} disagrees with torchrun's {os.environ.get('LOCAL_WORLD_SIZE')}")
+    if args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
+    return args
+
+
+def make_layout(args):
+    preset = PRESETS[args.preset]()
+    return preset.window_layout(args.frames) if args.layout == "windows" else preset.context_layout(args.frames)
+
+
+def build(args, device: torch.device):
+    """``(preset, model, vin, text, generator, layout)`` from the arguments, identical on every rank."""
+    preset = PRESETS[args.preset]()
+    layout = make_layout(args)
+    torch.manual_seed(args.seed)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, net = preset.build(device=device, dtype=dtype)
+    with torch.no_grad():  # adaLN-Zero and the zero final layer make a fresh DiT predict 0: give them weights
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.normal_(0, 0.02)
+    text = torch.randn(args.batch, preset.dit.text_len, preset.dit.text_dim, device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    return preset, model.eval(), net.eval(), text, generator, layout
+
+
+def checksum(video: torch.Tensor) -> str:
+    data = video.detach().cpu().contiguous()
+    digest = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+    return f"sum={data.double().sum().item():.10g} abs_sum={data.double().abs().sum().item():.10g} sha256={digest}"
+
+
+def _kib(value: float) -> str:
+    return f"{value / 1024:.1f} KiB"
+
+
+def rank_report(rank: int, plan: Plan, stats: SampleStats) -> str:
+    """One line: the rank's chunks, its step time (median, per kind) and the bytes it sent per step."""
+    shard, unit = plan.shards[rank], "windows" if plan.layout.is_windows else "chunks"
+    parts = [f"rank {rank}: {unit} {shard.chunks.start}-{shard.chunks.stop - 1}, frames {shard.frames.start}-{shard.frames.stop - 1}"]
+    ms = [s * 1e3 for s in stats.step_seconds]
+    kinds = sorted(set(stats.step_kinds), key=stats.step_kinds.index)
+    per_kind = ", ".join(
+        f"{k} {statistics.median([t for t, kk in zip(ms, stats.step_kinds) if kk == k]):.1f}" for k in kinds
+    )
+    parts.append(f"step {statistics.median(ms):.1f} ms median ({per_kind})")
+    sent = ", ".join(f"{k} {_kib(statistics.median([b for b, kk in zip(stats.step_bytes, stats.step_kinds) if kk == k]))}" for k in kinds)
+    parts.append(f"sent per step: {sent}; final gather {_kib(stats.final_bytes)}")
+    return " | ".join(parts)
+
+
+def run_rank(args) -> dict:
+    """Sample on this rank of the default group; rank 0 prints the report. Returns the rank's stats."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    preset, model, net, text, generator, layout = build(args, device)
+    stats = SampleStats()
+    steps, t_alpha = args.steps or preset.steps, preset.t_alpha if args.t_alpha is None else args.t_alpha
+    start = time.perf_counter()
+    video = sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=generator, stats=stats)
+    seconds = time.perf_counter() - start
+    plan = Plan(layout, world, net.keyframe_stride)
+    lines = [None] * world
+    dist.all_gather_object(lines, (rank_report(rank, plan, stats), checksum(video)))
+    if rank == 0:
+        print(
+            f"vin.parallel: {world} ranks ({dist.get_backend()}, {torch.get_num_threads()} threads each), {args.preset} preset, "
+            f"{layout.num_frames} latent frames, {layout!r}, {steps} steps, seed {args.seed}"
+        )
+        for line, _ in lines:
+            print(line)
+        same = len({c for _, c in lines}) == 1
+        print(f"sample {seconds:.2f} s; video {list(video.shape)} float32 checksum: {lines[0][1]} ({'equal' if same else 'DIFFERENT'} on every rank)")
+        if args.save:
+            torch.save(video.cpu(), args.save)
+            print(f"saved {args.save}")
+    return {"seconds": seconds, "stats": stats, "checksum": checksum(video)}
+
+
+def run_single(args) -> dict:
+    """``--nproc-per-node 1``: :func:`vin.sample` in this process (no torch.distributed)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda") if torch.cuda.is_available() and args.backend != "gloo" else torch.device("cpu")
+    preset, model, net, text, generator, layout = build(args, device)
+    steps, t_alpha = args.steps or preset.steps, preset.t_alpha if args.t_alpha is None else args.t_alpha
+    start = time.perf_counter()
+    video = vin.sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=generator)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    print(
+        f"vin.sample (one process, {torch.get_num_threads()} threads), {args.preset} preset, {layout.num_frames} latent "
+        f"frames, {layout!r}, {steps} steps, seed {args.seed}"
+    )
+    print(f"step {seconds / steps * 1e3:.1f} ms mean | sent per step: 0 B")
+    print(f"sample {seconds:.2f} s; video {list(video.shape)} float32 checksum: {checksum(video)}")
+    if args.save:
+        torch.save(video.cpu(), args.save)
+        print(f"saved {args.save}")
+    return {"seconds": seconds, "checksum": checksum(video)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if under_torchrun():
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        init_from_env(args.backend)
+        try:
+            run_rank(args)
+        finally:
+            dist.destroy_process_group()
+        return 0
+    nproc = args.nproc_per_node or 1
+    if nproc == 1:
+        run_single(args)
+        return 0
+    try:
+        split(make_layout(args), nproc)
+    except ValueError as error:
+        print(f"python -m vin.parallel: error: {error}", file=sys.stderr)
+        return 2
+    launch(run_rank, nproc, (args,), backend=args.backend or default_backend(nproc), threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
