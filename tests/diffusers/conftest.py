@@ -140,9 +140,11 @@ def _hunyuan_frames(inputs, f0, f1):
 
 # ------------------------------------------------------------------------------------------------ CogVideoX
 def _cogvideox(**overrides):
+    # 2 layers (diffusers' test has 1): the text rows of the last layer never reach the output, so with
+    # one layer a wrong text-query attention would go unnoticed.
     config = dict(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
-        text_embed_dim=8, num_layers=1, sample_width=8, sample_height=8, sample_frames=8, patch_size=2,
+        text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=8, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=8,
     )
     return CogVideoXTransformer3DModel(**{**config, **overrides})
