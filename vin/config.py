@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vin_kernels.layout import PAPER_FRAMES_PER_LATENT
+
 __all__ = ["DiTConfig", "VINConfig"]
 
 
@@ -68,7 +70,7 @@ class VINConfig:
     mlp_ratio: float = 4.0
     keyframe_interval_s: float = 1.0
     fps: float = 16.0
-    frames_per_latent: float = 16 / 5
+    frames_per_latent: float = PAPER_FRAMES_PER_LATENT
 
     def __post_init__(self):
         if self.dim % self.heads:

@@ -90,7 +90,8 @@ class VideoDiT(nn.Module):
 
     The chunking comes from the layout:
 
-    * ``layout=None`` ("full" mode): one chunk over the whole video, the full-attention baseline.
+    * ``layout=None`` or ``ChunkLayout.full(F)`` ("full" mode): one chunk over the whole video, the
+      full-attention baseline.
     * context layout: ``x [B, F, C, h, w]``; chunk ``i``'s queries see their own frames, the
       layout's context frames before them and the global tokens.
     * window layout: ``x [B, n, L, C, h, w]`` (the windows); all ``B*n`` windows run in one batched
@@ -155,7 +156,8 @@ class VideoDiT(nn.Module):
         dtype = self.patch_embed.weight.dtype
         x, text = x.to(dtype), text.to(dtype)
         c, text = self.t_embed(t), self.text_proj(text)  # per video, before windows repeat them
-        windows = layout is not None and layout.is_windows
+        full, layout = layout is None, layout or ChunkLayout.full(x.shape[1])
+        windows = layout.is_windows
         rows = None
         if windows:
             B, n = x.shape[:2]
@@ -172,13 +174,11 @@ class VideoDiT(nn.Module):
         F = x.shape[1]
         T = cfg.tokens_per_frame
         tokens = self.patch_embed(patchify(x, cfg.patch))
-        if (first_frame or prefix_kv is not None) and (windows or layout is None):
+        if (first_frame or prefix_kv is not None) and (windows or full):
             raise ValueError("first_frame and prefix_kv need a context-mode layout")
         time_pos = sincos(self._time_positions(layout, F, x.device, first_frame), cfg.hidden).to(tokens.dtype)
         tokens = (tokens.view(-1, F, T, cfg.hidden) + self.spatial_pos + time_pos[:, None]).flatten(1, 2)
-        attention = (
-            layout.attention_sizes(T) if layout is not None else {"chunk_size": F * T, "context_size": 0}
-        ) | {"context_grad": context_grad}
+        attention = layout.attention_sizes(T) | {"context_grad": context_grad}
         for i, block in enumerate(self.blocks):
             prefix = None if prefix_kv is None else functools.partial(prefix_kv, i)
             tokens = block(tokens, c, text, attention, None if global_kv is None else global_kv[i], self.backend, prefix, rows)
@@ -195,9 +195,9 @@ class VideoDiT(nn.Module):
             raise ValueError(f"window_range must lie in range(0, {layout.num_chunks}), got {window_range!r}")
 
     @staticmethod
-    def _time_positions(layout: ChunkLayout | None, num_frames: int, device, first_frame: int = 0) -> torch.Tensor:
+    def _time_positions(layout: ChunkLayout, num_frames: int, device, first_frame: int = 0) -> torch.Tensor:
         """Per frame of ``x``: its index inside the chunk/window that owns it (the frame index in full mode)."""
-        if layout is None or layout.is_windows:
+        if layout.is_windows:
             return torch.arange(num_frames, device=device)
         if first_frame not in layout.starts or first_frame + num_frames > layout.num_frames:
             raise ValueError(

@@ -63,13 +63,14 @@ def dit_flops(cfg: DiTConfig, num_frames: int, layout: ChunkLayout | None, num_g
     ``num_global``: global tokens every chunk attends to (0 without a VIN).
     """
     h, T, L, D = cfg.hidden, cfg.tokens_per_frame, cfg.text_len, cfg.head_dim
-    if layout is not None and layout.is_windows:
+    layout = layout or ChunkLayout.full(num_frames)
+    if layout.is_windows:
         rows, frames = batch * layout.num_chunks, layout.chunk_len
     else:
         rows, frames = batch, num_frames
     S = frames * T  # tokens per sequence
     M = rows * S  # tokens through the DiT
-    sizes = layout.attention_sizes(T) if layout is not None else {"chunk_size": S, "context_size": 0}
+    sizes = layout.attention_sizes(T)
     depth = cfg.depth
     return FlopBreakdown(
         {

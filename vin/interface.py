@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import vin_kernels
 from vin_kernels import ChunkLayout
 
 from .config import DiTConfig, VINConfig
@@ -13,6 +12,7 @@ from .dit import GlobalKV
 from .layers import (
     Mlp,
     TimestepEmbedding,
+    attention_with_extra_keys,
     cross_attention,
     layer_norm,
     patchify,
@@ -27,10 +27,9 @@ __all__ = ["VIN"]
 class ProcessorBlock(nn.Module):
     """Pre-norm block: self-attention of the global tokens that also attends to the text, then an MLP.
 
-    The text joins as extra keys/values of the same softmax: ``chunk_attention`` over the ``G``
-    global tokens as one chunk, with the projected text ``[B, L, heads, head_dim]`` as its shared
-    "global" keys (so the global tokens read the text while they talk to each other; the text
-    itself is not updated).
+    The projected text ``[B, L, heads, head_dim]`` joins as extra keys/values of the same softmax
+    (:func:`~vin.layers.attention_with_extra_keys`): the global tokens read the text while they talk
+    to each other; the text itself is not updated.
     """
 
     def __init__(self, cfg: VINConfig):
@@ -48,7 +47,7 @@ class ProcessorBlock(nn.Module):
         B, G, _ = z.shape
         q, k, v = split_heads(self.qkv(self.norm1(z)), 3, self.heads)
         tk, tv = split_heads(self.text_kv(text), 2, self.heads)
-        a = vin_kernels.chunk_attention(q, k, v, chunk_size=G, global_k=tk, global_v=tv, backend=backend)
+        a = attention_with_extra_keys(q, k, v, tk, tv, backend)
         z = z + self.proj(a.reshape(B, G, -1))
         return z + self.mlp(self.norm2(z))
 

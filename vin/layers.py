@@ -17,6 +17,7 @@ __all__ = [
     "modulate",
     "split_heads",
     "cross_attention",
+    "attention_with_extra_keys",
     "layer_norm",
     "zero_",
     "patchify",
@@ -69,12 +70,24 @@ def split_heads(x: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, 
 
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """``softmax(q k^T / sqrt(D)) v`` over all ``L`` keys: :func:`vin_kernels.global_attention` with the
-    whole key sequence as one keyframe (``tokens_per_frame = L``, stride 1).
+    """Plain attention ``softmax(q k^T / sqrt(D)) v`` of ``M`` queries over all ``L`` keys (text cross-attention).
 
-    q: ``[B, M, H, D]``; k, v: ``[B, L, H, D]``.
+    q: ``[B, M, H, D]``; k, v: ``[B, L, H, D]``. Runs as :func:`vin_kernels.global_attention` reading a
+    "video" of one frame that holds all ``L`` tokens (``tokens_per_frame = L``, every frame a keyframe).
     """
     return vin_kernels.global_attention(q, k, v, tokens_per_frame=k.shape[1], keyframe_stride=1, backend=backend)
+
+
+def attention_with_extra_keys(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_k: torch.Tensor, extra_v: torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
+    """Self-attention that also reads extra tokens, in one softmax: ``softmax(q [k; extra_k]^T / sqrt(D)) [v; extra_v]``.
+
+    q, k, v: ``[B, N, H, D]``; extra_k, extra_v: ``[B, E, H, D]`` (e.g. the text, which the VIN's global
+    tokens read while they talk to each other; the extra tokens are not updated). Runs as one chunk of
+    :func:`vin_kernels.chunk_attention` with the extra tokens as its shared globals (read in place).
+    """
+    return vin_kernels.chunk_attention(q, k, v, chunk_size=q.shape[1], global_k=extra_k, global_v=extra_v, backend=backend)
 
 
 def layer_norm(dim: int, affine: bool = False) -> nn.LayerNorm:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 from .checks import check_finite, check_int
 
-__all__ = ["ChunkGroup", "ChunkLayout"]
+__all__ = ["ChunkGroup", "ChunkLayout", "PAPER_FRAMES_PER_LATENT"]
 
 _MODES = ("context", "windows")
+PAPER_FRAMES_PER_LATENT = 16 / 5  # the paper's 3D VAE turns 16 video frames into 5 latent frames
 
 
 def _positive(name: str, value) -> float:
@@ -425,7 +426,9 @@ class ChunkLayout:
 
     # ------------------------------------------------------------------ keyframes
     @staticmethod
-    def keyframe_stride(fps: float = 16.0, interval_s: float = 1.0, frames_per_latent: float = 16 / 5) -> int:
+    def keyframe_stride(
+        fps: float = 16.0, interval_s: float = 1.0, frames_per_latent: float = PAPER_FRAMES_PER_LATENT
+    ) -> int:
         """Latent frames between keyframes: ``round(interval_s * fps / frames_per_latent)``.
 
         Paper: one keyframe per 1.0 s at 16 fps with a VAE that turns 16 frames into 5 latents

@@ -30,7 +30,7 @@ def counted_step_flops(preset, model, net_vin, frames: int, layout) -> int:
     with FlopCounterMode(display=False) as counter:
         global_kv = net_vin(x, t, text) if layout is not None else None
         if layout is not None and layout.is_windows:
-            x = x[:, torch.tensor(layout.window_frame_index, device="meta")]
+            x = layout.cut_windows(x)
         model(x, t, text, layout=layout, global_kv=global_kv)
     return counter.get_total_flops()
 

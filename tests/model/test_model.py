@@ -326,3 +326,19 @@ def test_bf16_networks_with_float32_sampling_state():
     text = torch.randn(1, CFG.text_len, CFG.text_dim)
     out = vin.sample(model, net_vin, text, layout=PRESET.window_layout(20), steps=3, t_alpha=2, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_named_attention_helpers_are_plain_attention():
+    """cross_attention = attention over all keys; attention_with_extra_keys = one softmax over [k; extra]."""
+    from vin.layers import attention_with_extra_keys, cross_attention
+
+    q, k, v = (torch.randn(2, 7, 3, 16) for _ in range(3))
+    ek, ev = (torch.randn(2, 5, 3, 16) for _ in range(2))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def heads(t):
+        return t.transpose(1, 2)
+
+    torch.testing.assert_close(cross_attention(q, ek, ev), heads(sdpa(heads(q), heads(ek), heads(ev))), rtol=1e-5, atol=1e-6)
+    expected = heads(sdpa(heads(q), heads(torch.cat([k, ek], 1)), heads(torch.cat([v, ev], 1))))
+    torch.testing.assert_close(attention_with_extra_keys(q, k, v, ek, ev), expected, rtol=1e-5, atol=1e-6)
