@@ -12,7 +12,7 @@ from .config import DiTConfig, VINConfig
 from .dit import VideoDiT
 from .interface import VIN
 
-__all__ = ["Preset", "paper", "tiny"]
+__all__ = ["Preset", "paper", "cpu", "tiny"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,16 @@ def paper() -> Preset:
     """
     dit = DiTConfig(in_channels=4, height=24, width=40, patch=2, hidden=1152, depth=28, heads=16, text_dim=4096, text_len=120)
     vin = VINConfig(num_global_tokens=512, dim=4096, depth=4, heads=32)
+    return Preset(dit, vin, chunk=20, context=8, window=32, overlap=12, t_alpha=20, steps=50)
+
+
+def cpu() -> Preset:
+    """A DiT a 2-core CPU steps in seconds, with the paper's chunking: 12x20 latents with 2x2 patches
+    (60 tokens per latent frame), hidden 384, depth 4, 6 heads (head dim 64), 128 global tokens of width
+    384 (2 processor blocks, 6 heads); chunks of 20 frames with 8 of context (12 at inference), windows
+    of 32 overlapping by 12. The CPU benchmarks' model (``python -m bench --suite model`` on a CPU)."""
+    dit = DiTConfig(in_channels=4, height=12, width=20, patch=2, hidden=384, depth=4, heads=6, text_dim=384, text_len=32)
+    vin = VINConfig(num_global_tokens=128, dim=384, depth=2, heads=6)
     return Preset(dit, vin, chunk=20, context=8, window=32, overlap=12, t_alpha=20, steps=50)
 
 

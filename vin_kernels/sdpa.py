@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import reference
 from .layout import ChunkLayout
 
-__all__ = ["chunk_attention", "global_attention", "merge_attention", "overlap_fuse"]
+__all__ = ["chunk_attention", "chunk_windows", "global_attention", "merge_attention", "overlap_fuse"]
 
 _ATEN = torch.ops.aten
 
@@ -100,6 +100,37 @@ def _windows(t: torch.Tensor, start: int, length: int, stride: int, count: int) 
     return span.unfold(1, length, stride).transpose(-1, -2)  # [B, count, H, D, length] -> [..., length, D]
 
 
+def chunk_windows(q, k, v, global_k, global_v, *, chunk_size: int, context_size: int = 0, context_grad: bool = True):
+    """The attention problems of :func:`vin_kernels.chunk_attention`, one per group of equal chunks.
+
+    Yields ``(group, queries, keys, values)`` for every :class:`ChunkGroup` of
+    ``ChunkLayout.context_groups(N, chunk_size, context_size)`` (token counts): ``queries
+    [B*m, H, query_len, D]`` and ``keys``/``values`` ``[B*m, H, key_len + G, D]`` heads-first
+    contiguous (context, own tokens, then the ``G`` globals of the row's video), ``m = group.count``.
+    ``context_grad=False`` detaches the context part. Each is an ordinary dense attention problem
+    (what this backend hands to ``scaled_dot_product_attention``, and what a dense kernel is
+    benchmarked on).
+    """
+    B, N, H, D = q.shape
+    heads_first_globals = (None, None)
+    if global_k is not None:
+        group = B // global_k.shape[0]
+        heads_first_globals = tuple(g.transpose(1, 2).repeat_interleave(group, dim=0) for g in (global_k, global_v))
+    for grp in ChunkLayout.context_groups(N, chunk_size, context_size):
+        m, stride = grp.count, grp.stride
+        queries = _windows(q, grp.query_start, grp.query_len, stride, m).reshape(B * m, H, grp.query_len, D)
+        operands = []
+        for t, g in zip((k, v), heads_first_globals):
+            window = _windows(t, grp.key_start, grp.key_len, stride, m)  # [B, m, H, key_len, D]
+            parts = [window]
+            if not context_grad and grp.context_len:
+                parts = [window[..., : grp.context_len, :].detach(), window[..., grp.context_len :, :]]
+            if g is not None:
+                parts.append(g.unsqueeze(1).expand(B, m, H, g.shape[2], D))
+            operands.append(torch.cat(parts, dim=3).flatten(0, 1) if len(parts) > 1 else window.reshape(B * m, H, -1, D))
+        yield grp, queries, operands[0], operands[1]
+
+
 def chunk_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -121,25 +152,13 @@ def chunk_attention(
             context_grad=context_grad, softmax_scale=softmax_scale, return_lse=return_lse,
         )
     scale = D**-0.5 if softmax_scale is None else float(softmax_scale)
-    heads_first_globals = []
-    if global_k is not None:
-        group = B // global_k.shape[0]
-        heads_first_globals = [g.transpose(1, 2).repeat_interleave(group, dim=0) for g in (global_k, global_v)]
-
     outs, lses = [], []
-    for grp in ChunkLayout.context_groups(N, chunk_size, context_size):
-        m, stride = grp.count, grp.stride
-        queries = _windows(q, grp.query_start, grp.query_len, stride, m).reshape(B * m, H, grp.query_len, D)
-        operands = []
-        for t, g in zip((k, v), heads_first_globals or (None, None)):
-            window = _windows(t, grp.key_start, grp.key_len, stride, m)  # [B, m, H, key_len, D]
-            parts = [window]
-            if not context_grad and grp.context_len:
-                parts = [window[..., : grp.context_len, :].detach(), window[..., grp.context_len :, :]]
-            if g is not None:
-                parts.append(g.unsqueeze(1).expand(B, m, H, g.shape[2], D))
-            operands.append(torch.cat(parts, dim=3).flatten(0, 1) if len(parts) > 1 else window.reshape(B * m, H, -1, D))
-        o, lse = _attend(queries, *operands, scale, return_lse)
+    problems = chunk_windows(
+        q, k, v, global_k, global_v, chunk_size=chunk_size, context_size=context_size, context_grad=context_grad
+    )
+    for grp, queries, keys, values in problems:
+        m = grp.count
+        o, lse = _attend(queries, keys, values, scale, return_lse)
         outs.append(o.unflatten(0, (B, m)).permute(0, 1, 3, 2, 4).reshape(B, m * grp.query_len, H, D))
         if return_lse:
             lses.append(lse.unflatten(0, (B, m)).transpose(1, 2).reshape(B, H, m * grp.query_len))

@@ -5,6 +5,8 @@ from typing import Callable
 
 import torch
 
+from vin_kernels.layout import PAPER_FRAMES_PER_LATENT
+
 
 @dataclass
 class Context:
@@ -13,10 +15,11 @@ class Context:
     device: torch.device
     quick: bool
     video_frames: tuple[int, ...]
+    frames_given: bool = False  # --frames was given (CPU suites then run every length, not only the default range)
     ceilings: dict | None = None
     progress: Callable = field(default=lambda iterable, **_: iterable)  # tqdm-like wrapper
 
 
-def latent_frames(video_frames: int, frames_per_latent: float = 16 / 5) -> int:
+def latent_frames(video_frames: int, frames_per_latent: float = PAPER_FRAMES_PER_LATENT) -> int:
     """Latent frames of a video: the paper's VAE turns 16 frames into 5 latents (64 -> 20)."""
     return round(video_frames / frames_per_latent)

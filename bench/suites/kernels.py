@@ -1,16 +1,20 @@
 """kernels suite: every vin_kernels op against the strongest baselines, side by side in one run.
 
-Baselines (each where it runs): PyTorch SDPA with the flash, cuDNN and memory-efficient backends
-forced, on the *materialized equivalent* (chunk windows gathered into contiguous tensors with the
-globals concatenated: the materialization is not timed); the *naive composite* (materialize, then
-SDPA: timed whole, as a user without these kernels would run it); flash-attn and xformers when
-importable. Fusion ops compare with their torch composite. Reported: median ms (with raw times),
-TFLOP/s or GB/s, % of the ceilings measured at the start of the run, and each vin_kernels row's
-speed-up over the best baseline (best baseline ms / vin ms).
+GPU (bf16, the paper shape: 80 latent frames x 240 tokens, chunks of 20 frames with 8 of context,
+512 globals, 16 heads, D = 72 and 128, plus a sweep over N): the Triton / CUDA kernels against
+PyTorch SDPA with the flash, cuDNN and memory-efficient backends forced on the *materialized
+equivalent* (each group of equal chunks as one dense problem, :func:`vin_kernels.sdpa.chunk_windows`;
+the materialization is not timed), the ``sdpa`` backend (materialize + SDPA, timed whole: the
+strongest composite a user without these kernels would write), flash-attn and xformers when
+importable. Reported: median ms (with raw times), TFLOP/s or GB/s, % of the ceilings measured at the
+start of the run, and the speed-up over the fastest same-work baseline.
 
-GPU: bf16 at the paper shape (80 latent frames x 240 tokens, chunks of 20 frames with 8 of context,
-512 globals, 16 heads) at D = 72 and 128, plus a sweep over N. ``--quick`` on a CPU: tiny fp32
-shapes through the reference and SDPA's math backend, a smoke run of the harness only.
+CPU (fp32, the CPU shapes of issue 8: H=6, D=64, 60 tokens per latent frame, chunks of 20 frames
+with 12 of context, 128 globals; N from 2400 to 9600 tokens, i.e. 128 to 512 video frames from
+``--frames``): the ``sdpa`` backend (forward and forward+backward) against SDPA full attention over
+the whole sequence (what chunking replaces), FlexAttention compiled with the same mask (forward only:
+FlexAttention has no CPU backward) and the reference. Median of 5 after a warm-up, thread count
+recorded. ``--quick`` on a CPU: one tiny shape, a smoke run of the harness.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import vin_kernels as vk
 from vin_kernels import ChunkLayout, reference
 from vin_kernels import flops as kernel_flops
+from vin_kernels.sdpa import chunk_windows
 
 from ..timing import measure, summary
-from . import Context
+from . import Context, latent_frames
 
 PASS_FLOP_FACTOR = {"fwd": 1.0, "bwd": kernel_flops.BACKWARD_FACTOR, "fwd+bwd": 1.0 + kernel_flops.BACKWARD_FACTOR}
+CPU_MAX_VIDEO_FRAMES = 512  # N = 9600 tokens at 60 per latent frame; --frames 1024 asks for more
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,11 @@ class AttentionShape:
     def tokens(self) -> int:
         return self.frames * self.tokens_per_frame
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """``chunk_size`` / ``context_size`` in tokens."""
+        return ChunkLayout.context(self.frames, self.chunk, self.context).attention_sizes(self.tokens_per_frame)
+
 
 PAPER = dict(batch=1, frames=80, tokens_per_frame=240, chunk=20, context=8, num_global=512, heads=16)
 GPU_SHAPES = [
@@ -61,14 +72,31 @@ GPU_SHAPES = [
         for f in (20, 40, 160)  # the sweep over N around the paper's 80 frames
     ),
 ]
-CPU_SHAPES = [AttentionShape("tiny", 1, 4, 16, 2, 1, 8, 2, 32, keyframe_stride=2)]
+CPU = dict(batch=1, tokens_per_frame=60, chunk=20, context=12, num_global=128, heads=6, head_dim=64)
+CPU_QUICK_SHAPE = AttentionShape("tiny", 1, 8, 16, 4, 2, 8, 2, 32, keyframe_stride=2)
+
+
+def supported(device: torch.device) -> bool:
+    """Runs on any device: GPU kernels on CUDA, the sdpa backend and its peers on a CPU."""
+    return True
+
+
+def cpu_shapes(ctx: Context) -> list[AttentionShape]:
+    """The CPU shapes: one per ``--frames`` length from 128 video frames (40 latent, N = 2400) up to
+    :data:`CPU_MAX_VIDEO_FRAMES` (or every length given when ``--frames`` asks for longer ones)."""
+    if ctx.quick:
+        return [CPU_QUICK_SHAPE]
+    lengths = [f for f in ctx.video_frames if f >= 128]
+    if not ctx.frames_given:
+        lengths = [f for f in lengths if f <= CPU_MAX_VIDEO_FRAMES]
+    return [
+        AttentionShape(f"N={latent_frames(f) * CPU['tokens_per_frame']}", frames=latent_frames(f), **CPU) for f in lengths
+    ]
 
 
 # ------------------------------------------------------------------------------------ environment
 def _impls(device: torch.device) -> dict[str, object]:
-    """Baseline attention implementations available here: name -> SDPA backend or module."""
-    if device.type != "cuda":
-        return {"sdpa_math": SDPBackend.MATH}
+    """Dense attention implementations for the materialized problems (GPU): name -> SDPA backend or function."""
     found: dict[str, object] = {
         "sdpa_flash": SDPBackend.FLASH_ATTENTION,
         "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -87,50 +115,23 @@ def _impls(device: torch.device) -> dict[str, object]:
 
 def _vin_backends(device: torch.device, op: str) -> list[str]:
     if device.type != "cuda":
-        return ["reference"]
+        return ["sdpa"]
     status = vk.backends()
     return [name for name in ("triton", "cuda") if status[name].available and op in status[name].ops]
 
 
-def _sdpa(groups):
-    return [F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) for q, k, v in groups]
-
-
 def _attend(impl, groups):
-    """Run a baseline on materialized ``[B', S, H, D]`` groups: an SDPA backend forced, SDPA's own
-    choice (``impl=None``), or a flash-attn / xformers function. SDPA outputs are ``[B', H, S, D]``."""
-    if impl is None:
-        return _sdpa(groups)
+    """Run a dense implementation on heads-first ``[b, H, S, D]`` problems: an SDPA backend forced, or a
+    flash-attn / xformers function (which take ``[b, S, H, D]``: transposed views)."""
     if isinstance(impl, SDPBackend):
         with sdpa_kernel(impl):
-            return _sdpa(groups)
-    return [impl(q, k, v) for q, k, v in groups]
+            return [F.scaled_dot_product_attention(q, k, v) for q, k, v in groups]
+    return [impl(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)) for q, k, v in groups]
 
 
-# ------------------------------------------------------------------------------------ materialization
 def materialize_chunks(q, k, v, gk, gv, shape: AttentionShape):
-    """Chunk attention as dense attention: groups ``(q, k, v)`` ``[B', S, H, D]``, contiguous copies.
-
-    Group 0 is chunk 0 (no context); group 1 stacks chunks 1..n-1, each with its context window and
-    the globals concatenated. Needs ``N`` a multiple of the chunk and context <= chunk.
-    """
-    B, N, H, D = q.shape
-    T = shape.tokens_per_frame
-    cs, ctx = shape.chunk * T, shape.context * T
-    n = N // cs
-    groups = [(q[:, :cs].contiguous(), torch.cat([k[:, :cs], gk], 1), torch.cat([v[:, :cs], gv], 1))]
-    if n > 1:
-
-        def windows(t):  # [B, N, H, D] -> [B*(n-1), ctx+cs, H, D]
-            w = t[:, cs - ctx :].unfold(1, ctx + cs, cs)  # [B, n-1, H, D, ctx+cs]
-            return w.permute(0, 1, 4, 2, 3).reshape(B * (n - 1), ctx + cs, H, D)
-
-        def with_globals(w, g):
-            return torch.cat([w, g.repeat_interleave(n - 1, 0)], 1)
-
-        rest = q[:, cs:].reshape(B * (n - 1), cs, H, D)
-        groups.append((rest, with_globals(windows(k), gk), with_globals(windows(v), gv)))
-    return groups
+    """Chunk attention as dense attention: one ``(q, k, v)`` heads-first problem per group of equal chunks."""
+    return [(qq, kk, vv) for _, qq, kk, vv in chunk_windows(q, k, v, gk, gv, **shape.sizes)]
 
 
 def materialize_keyframes(k, v, shape: AttentionShape):
@@ -142,7 +143,8 @@ def materialize_keyframes(k, v, shape: AttentionShape):
 def _timed_row(ctx: Context, op, shape_name, shape_args, pass_, impl, kind, fn, work: dict) -> dict:
     row = {"op": op, "shape": shape_name, "shape_args": shape_args, "pass": pass_, "impl": impl, "kind": kind}
     try:
-        warmup, iters = (1, 3) if ctx.device.type != "cuda" else ((3, 10) if ctx.quick else (5, 30))
+        gpu = ctx.device.type == "cuda"
+        warmup, iters = ((3, 10) if ctx.quick else (5, 30)) if gpu else ((1, 3) if ctx.quick else (1, 5))
         times = measure(fn, ctx.device, warmup=warmup, iters=iters)
     except Exception as err:  # noqa: BLE001 - a baseline that cannot run here is reported, not fatal
         return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
@@ -157,6 +159,10 @@ def _timed_row(ctx: Context, op, shape_name, shape_args, pass_, impl, kind, fn, 
         if ctx.ceilings:
             row["pct_of_ceiling"] = 100 * row["gbps"] / ctx.ceilings["copy_gbps"]
     return row
+
+
+def _error_row(op, shape_name, shape_args, pass_, impl, kind, error: str) -> dict:
+    return {"op": op, "shape": shape_name, "shape_args": shape_args, "pass": pass_, "impl": impl, "kind": kind, "error": error}
 
 
 def _backward_timer(forward, inputs):
@@ -177,14 +183,20 @@ def _grad_of(outputs, inputs):
     return torch.autograd.grad(outputs, inputs, [torch.randn_like(o) for o in outputs])
 
 
-def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
-    device = ctx.device
+def _chunk_inputs(shape: AttentionShape, device, dtype):
     B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
-    T = shape.tokens_per_frame
-    sizes = {"chunk_size": shape.chunk * T, "context_size": shape.context * T}
     q, k, v = (torch.randn(B, N, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     gk, gv = (torch.randn(B, G, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
-    leaves = (q, k, v, gk, gv)
+    return q, k, v, gk, gv
+
+
+def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
+    """GPU: the kernels against dense attention on the materialized problems and the sdpa composite."""
+    device = ctx.device
+    B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
+    sizes = shape.sizes
+    leaves = _chunk_inputs(shape, device, dtype)
+    q, k, v, gk, gv = leaves
     do = torch.randn(B, N, H, D, device=device, dtype=dtype)
     base_flops = kernel_flops.chunk_attention_flops(B, N, H, D, sizes["chunk_size"], sizes["context_size"], G)
     args = asdict(shape)
@@ -193,17 +205,18 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[di
     def add(pass_, impl, kind, fn):
         rows.append(_timed_row(ctx, "chunk_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops}))
 
-    for backend in _vin_backends(device, "chunk_attention"):
+    for backend in [*_vin_backends(device, "chunk_attention"), "sdpa"]:
+        kind = "baseline" if backend == "sdpa" else "vin"  # on a GPU the sdpa backend is the composite baseline
 
         def forward(backend=backend):
             return vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **sizes)
 
-        add("fwd", f"vin_{backend}", "vin", lambda f=forward: f().detach())
-        add("bwd", f"vin_{backend}", "vin", _backward_timer(lambda f=forward: [f()], leaves))
-        add("fwd+bwd", f"vin_{backend}", "vin", lambda f=forward: torch.autograd.grad(f(), leaves, do))
+        add("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
+        add("bwd", f"vin_{backend}", kind, _backward_timer(lambda f=forward: [f()], leaves))
+        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
 
     plain = [t.detach() for t in leaves]
-    groups = [tuple(t.requires_grad_() for t in g) for g in materialize_chunks(*plain, shape)]
+    groups = [tuple(t.detach().requires_grad_() for t in g) for g in materialize_chunks(*plain, shape)]
     group_leaves = [t for g in groups for t in g]
     for name, impl in _impls(device).items():
 
@@ -213,13 +226,77 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[di
         add("fwd", name, "baseline", lambda f=forward: [o.detach() for o in f()])
         add("bwd", name, "baseline", _backward_timer(forward, group_leaves))
         add("fwd+bwd", name, "baseline", lambda f=forward: _grad_of(f(), group_leaves))
+    return rows
 
-    def naive():  # what a user without the kernel would write
-        outs = _attend(None, materialize_chunks(q, k, v, gk, gv, shape))
-        return torch.cat([o.transpose(1, 2).reshape(B, -1, H, D) for o in outs], 1)
 
-    add("fwd", "naive_composite", "baseline", lambda: naive().detach())
-    add("fwd+bwd", "naive_composite", "baseline", lambda: torch.autograd.grad(naive(), leaves, do))
+def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
+    """FlexAttention (torch.compile'd) with the chunk mask plus the globals appended to the keys:
+    ``(run, setup_seconds)``. The per-token key ranges come from :meth:`ChunkLayout.context_groups`."""
+    import time
+
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, N, H, D = q.shape
+    key_lo = torch.empty(N, dtype=torch.long, device=q.device)
+    key_hi = torch.empty_like(key_lo)
+    for group in ChunkLayout.context_groups(N, shape.sizes["chunk_size"], shape.sizes["context_size"]):
+        for j in range(group.count):
+            rows, keys = group.query_range(j), group.key_range(j)
+            key_lo[rows.start : rows.stop], key_hi[rows.start : rows.stop] = keys.start, keys.stop
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx >= N) | ((kv_idx >= key_lo[q_idx]) & (kv_idx < key_hi[q_idx]))
+
+    start = time.perf_counter()
+    block_mask = create_block_mask(mask_mod, B, H, N, N + gk.shape[1], device=q.device)
+    qh = q.transpose(1, 2).contiguous()
+    kh = torch.cat([k, gk], 1).transpose(1, 2).contiguous()
+    vh = torch.cat([v, gv], 1).transpose(1, 2).contiguous()
+    compiled = torch.compile(flex_attention)
+    compiled(qh, kh, vh, block_mask=block_mask)  # compiles
+    return (lambda: compiled(qh, kh, vh, block_mask=block_mask)), time.perf_counter() - start
+
+
+def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape) -> list[dict]:
+    """CPU: the sdpa backend against SDPA full attention, FlexAttention and the reference (fp32)."""
+    B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
+    sizes = shape.sizes
+    leaves = _chunk_inputs(shape, ctx.device, torch.float32)
+    q, k, v, gk, gv = leaves
+    do = torch.randn(B, N, H, D)
+    chunk_flops = kernel_flops.chunk_attention_flops(B, N, H, D, sizes["chunk_size"], sizes["context_size"], G)
+    full_flops = kernel_flops.chunk_attention_flops(B, N, H, D, N, 0, 0)
+    args = asdict(shape) | {"tokens": N, "chunk_size": sizes["chunk_size"], "context_size": sizes["context_size"]}
+    rows = []
+
+    def add(pass_, impl, kind, fn, flops=chunk_flops):
+        rows.append(_timed_row(ctx, "chunk_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * flops}))
+
+    for backend in ("sdpa", "reference"):
+
+        def forward(backend=backend):
+            return vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **sizes)
+
+        kind = "vin" if backend == "sdpa" else "baseline"
+        with torch.no_grad():
+            add("fwd", f"vin_{backend}", kind, forward)
+        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
+
+    qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))  # its fastest layout
+    with torch.no_grad():
+        add("fwd", "sdpa_full_attention", "full", lambda: F.scaled_dot_product_attention(qh, kh, vh), full_flops)
+    add("fwd+bwd", "sdpa_full_attention", "full",
+        lambda: torch.autograd.grad(F.scaled_dot_product_attention(qh, kh, vh), (qh, kh, vh), do.transpose(1, 2)), full_flops)  # fmt: skip
+
+    try:
+        with torch.no_grad():
+            flex, setup_s = _flex_chunk_attention(*(t.detach() for t in leaves), shape)
+            add("fwd", "flex_attention_compiled", "baseline", flex)
+        rows[-1]["setup_seconds"] = setup_s  # block mask + compile, not timed in the row
+    except Exception as err:  # noqa: BLE001
+        rows.append(_error_row("chunk_attention", shape.name, args, "fwd", "flex_attention_compiled", "baseline", f"{type(err).__name__}: {err}"[:200]))
+    rows.append(_error_row("chunk_attention", shape.name, args, "fwd+bwd", "flex_attention_compiled", "baseline",
+                           "not run: FlexAttention has no backward on a CPU (inference only)"))  # fmt: skip
     return rows
 
 
@@ -237,26 +314,23 @@ def _global_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[d
     def add(pass_, impl, kind, fn):
         rows.append(_timed_row(ctx, "global_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops}))
 
-    for backend in _vin_backends(device, "global_attention"):
+    gpu = device.type == "cuda"
+    impls = [(b, "vin") for b in _vin_backends(device, "global_attention")]
+    impls.append(("sdpa", "baseline") if gpu else ("reference", "baseline"))  # the composite / the spec
+    for backend, kind in impls:
 
         def forward(backend=backend):
             return vk.global_attention(gq, k, v, backend=backend, **kw)
 
-        add("fwd", f"vin_{backend}", "vin", lambda f=forward: f().detach())
-        add("fwd+bwd", f"vin_{backend}", "vin", lambda f=forward: torch.autograd.grad(f(), (gq, k, v), do))
+        add("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
+        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), (gq, k, v), do))
 
-    kk, vv = (t.detach().requires_grad_() for t in materialize_keyframes(k.detach(), v.detach(), shape))
-    group = [(gq.detach().requires_grad_(), kk, vv)]
-    for name, impl in _impls(device).items():
-        add("fwd", name, "baseline", lambda impl=impl: _attend(impl, group)[0].detach())
-        add("fwd+bwd", name, "baseline", lambda impl=impl: _grad_of(_attend(impl, group), group[0]))
-
-    def naive():
-        key, value = materialize_keyframes(k, v, shape)
-        return _attend(None, [(gq, key, value)])[0].transpose(1, 2)
-
-    add("fwd", "naive_composite", "baseline", lambda: naive().detach())
-    add("fwd+bwd", "naive_composite", "baseline", lambda: torch.autograd.grad(naive(), (gq, k, v), do))
+    if gpu:
+        kk, vv = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in materialize_keyframes(k.detach(), v.detach(), shape))
+        group = [(gq.detach().transpose(1, 2).contiguous().requires_grad_(), kk, vv)]
+        for name, impl in _impls(device).items():
+            add("fwd", name, "baseline", lambda impl=impl: _attend(impl, group)[0].detach())
+            add("fwd+bwd", name, "baseline", lambda impl=impl: _grad_of(_attend(impl, group), group[0]))
     return rows
 
 
@@ -267,22 +341,24 @@ def _merge_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
     lse_a, lse_b = (torch.randn(B, H, N, device=device) for _ in range(2))
     element = o_a.element_size()
     work = {"bytes": 3 * B * N * H * D * element + 3 * B * H * N * 4}  # read o_a, o_b, lse x2; write o, lse
-    rows = [
-        _timed_row(ctx, "merge_attention", shape.name, asdict(shape), "fwd", f"vin_{backend}", "vin",
-                   lambda backend=backend: vk.merge_attention(o_a, lse_a, o_b, lse_b, backend=backend), work)
-        for backend in _vin_backends(device, "merge_attention")
+    impls = [(f"vin_{b}", "vin", b) for b in _vin_backends(device, "merge_attention")]
+    if device.type == "cuda":
+        impls.append(("torch_composite", "baseline", "sdpa"))
+    return [
+        _timed_row(ctx, "merge_attention", shape.name, asdict(shape), "fwd", impl, kind,
+                   lambda backend=backend: vk.merge_attention(o_a, lse_a, o_b, lse_b, backend=backend), work)  # fmt: skip
+        for impl, kind, backend in impls
     ]
-    rows.append(_timed_row(ctx, "merge_attention", shape.name, asdict(shape), "fwd", "torch_composite", "baseline",
-                           lambda: reference.merge_attention(o_a, lse_a, o_b, lse_b), work))
-    return rows
 
 
 def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
     device = ctx.device
     if device.type == "cuda":
         cases = [("paper latent B=1", 1, ChunkLayout.windows(80, 32, 12), (4, 24, 40)), ("B=16 F=160", 16, ChunkLayout.windows(160, 32, 12), (4, 24, 40))]
-    else:
+    elif ctx.quick:
         cases = [("tiny", 1, ChunkLayout.windows(40, 12, 4), (4, 8, 8))]
+    else:
+        cases = [("cpu preset latent F=160", 1, ChunkLayout.windows(160, 32, 12), (4, 12, 20))]
     rows = []
     for name, B, layout, feat in cases:
         eps = torch.randn(B, layout.num_chunks, layout.chunk_len, *feat, device=device, dtype=dtype)
@@ -293,48 +369,67 @@ def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
             "blend": (dict(), eps.numel() + B * layout.num_frames * features),
             "fused_update_windows": (dict(x=x, coeffs=(0.98, -0.1), out_windows=True), 2 * eps.numel() + x.numel()),
         }
+        backends = [(f"vin_{b}", "vin", b) for b in _vin_backends(device, "overlap_fuse")]
+        backends += [("torch_composite", "baseline", "sdpa" if device.type == "cuda" else "reference")]
         for variant, (kwargs, elements) in variants.items():
             work = {"bytes": elements * eps.element_size()}
-            for backend in _vin_backends(device, "overlap_fuse"):
-                rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", f"vin_{backend}", "vin",
-                                       lambda b=backend, kw=kwargs, e=eps, lo=layout: vk.overlap_fuse(e, lo, backend=b, **kw), work))
-            rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", "torch_composite", "baseline",
-                                   lambda kw=kwargs, e=eps, lo=layout: reference.overlap_fuse(e, lo, **kw), work))
+            for impl, kind, backend in backends:
+                rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", impl, kind,
+                                       lambda b=backend, kw=kwargs, e=eps, lo=layout: vk.overlap_fuse(e, lo, backend=b, **kw), work))  # fmt: skip
     return rows
 
 
 def _ratios(rows: list[dict]) -> None:
-    """Add each vin row's speed-up over the fastest baseline of its (op, shape, pass)."""
+    """Per vin row: speed-up over the fastest same-work baseline of its (op, shape, pass), and (CPU) the
+    time as a fraction of SDPA full attention and of FlexAttention."""
     best: dict[tuple, float] = {}
+    by_impl: dict[tuple, float] = {}
     for r in rows:
-        if r["kind"] == "baseline" and "median_ms" in r:
-            key = (r["op"], r["shape"], r["pass"])
+        if "median_ms" not in r:
+            continue
+        key = (r["op"], r["shape"], r["pass"])
+        by_impl[key + (r["impl"],)] = r["median_ms"]
+        if r["kind"] == "baseline":
             best[key] = min(best.get(key, float("inf")), r["median_ms"])
     for r in rows:
         key = (r["op"], r["shape"], r["pass"])
-        if r["kind"] == "vin" and "median_ms" in r and key in best:
+        if r["kind"] != "vin" or "median_ms" not in r:
+            continue
+        if key in best:
             r["ratio_to_best_baseline"] = best[key] / r["median_ms"]
+        for name, impl in (("time_vs_full_attention", "sdpa_full_attention"), ("time_vs_flex_attention", "flex_attention_compiled")):
+            if key + (impl,) in by_impl:
+                r[name] = r["median_ms"] / by_impl[key + (impl,)]
 
 
 def run(ctx: Context) -> dict:
-    dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
-    shapes = CPU_SHAPES if ctx.device.type != "cuda" else (GPU_SHAPES[:2] if ctx.quick else GPU_SHAPES)
-    jobs = [(lambda s=s: _chunk_attention_rows(ctx, s, dtype)) for s in shapes]
-    jobs += [(lambda s=s: _global_attention_rows(ctx, s, dtype)) for s in shapes[:2]]
-    jobs += [(lambda: _merge_rows(ctx, shapes[0], dtype)), (lambda: _overlap_fuse_rows(ctx, dtype))]
+    gpu = ctx.device.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    if gpu:
+        shapes = GPU_SHAPES[:2] if ctx.quick else GPU_SHAPES
+        jobs = [(lambda s=s: _chunk_attention_rows(ctx, s, dtype)) for s in shapes]
+        global_shapes = shapes[:2]
+    else:
+        shapes = cpu_shapes(ctx)
+        jobs = [(lambda s=s: _cpu_chunk_attention_rows(ctx, s)) for s in shapes]
+        global_shapes = shapes[-1:]
+    jobs += [(lambda s=s: _global_attention_rows(ctx, s, dtype)) for s in global_shapes]
+    jobs += [(lambda: _merge_rows(ctx, shapes[-1], dtype)), (lambda: _overlap_fuse_rows(ctx, dtype))]
     rows = []
     for job in ctx.progress(jobs, desc="kernels"):
         rows.extend(job())
-        if ctx.device.type == "cuda":
+        if gpu:
             torch.cuda.empty_cache()
     _ratios(rows)
-    return {"dtype": str(dtype).replace("torch.", ""), "rows": rows}
+    return {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(), "device_kind": ctx.device.type, "rows": rows}
 
 
 def markdown(result: dict) -> str:
+    if result.get("device_kind", "cuda") != "cuda":
+        return _cpu_markdown(result)
     lines = [
         f"Median ms over many runs ({result['dtype']}), L2 flushed before each; rate = useful FLOPs or bytes / "
-        "median; speed-up = fastest baseline / vin_kernels. Errors are baselines that cannot run the shape.",
+        "median; speed-up = fastest same-work baseline / vin_kernels. Errors are baselines that cannot run the shape.",
         "",
         "| op | shape | pass | impl | median ms | TFLOP/s or GB/s | % of ceiling | speed-up vs best baseline |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
@@ -347,4 +442,27 @@ def markdown(result: dict) -> str:
         pct = f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "-"
         ratio = f"{r['ratio_to_best_baseline']:.2f}x" if "ratio_to_best_baseline" in r else ""
         lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['median_ms']:.3f} | {rate} | {pct} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _cpu_markdown(result: dict) -> str:
+    """CPU: wall-clock medians and ratios only (no device ceiling is claimed on a CPU)."""
+    lines = [
+        f"CPU, {result['dtype']}, {result['threads']} threads: median wall-clock ms of 5 runs after a warm-up "
+        "(p20-p80 in brackets). *vs full* = time / SDPA full attention over the whole sequence (the work "
+        "chunking replaces); *vs Flex* = time / FlexAttention compiled with the same mask (forward only: "
+        "FlexAttention has no CPU backward); *speed-up* = fastest same-work baseline / vin_kernels.",
+        "",
+        "| op | shape | pass | impl | median ms | vs full | vs Flex | speed-up vs best baseline |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['error'][:70]} | | | |")
+            continue
+        spread = f"{r['median_ms']:.1f} [{r['p20_ms']:.1f}-{r['p80_ms']:.1f}]"
+        full = f"{r['time_vs_full_attention']:.2f}x" if "time_vs_full_attention" in r else ""
+        flex = f"{r['time_vs_flex_attention']:.2f}x" if "time_vs_flex_attention" in r else ""
+        ratio = f"{r['ratio_to_best_baseline']:.2f}x" if "ratio_to_best_baseline" in r else ""
+        lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {spread} | {full} | {flex} | {ratio} |")
     return "\n".join(lines)

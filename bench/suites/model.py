@@ -4,11 +4,18 @@ GPU: the paper preset with random bf16 weights at 64, 128, 256, 512 video frames
 and further as memory allows (a mode stops at its first out-of-memory): median step latency,
 peak memory (``torch.cuda.max_memory_allocated`` and NVML's device memory), mean power and SM clock
 while stepping (nvidia-ml-py), and the latency of one whole 50-step sample for videos up to
-``SAMPLE_MAX_FRAMES`` frames. ``--quick`` on a CPU: the tiny preset, latency only.
+``SAMPLE_MAX_FRAMES`` frames.
+
+CPU: the ``cpu`` preset (fp32, random weights) at 64 to 512 video frames (the ``--frames`` lengths up
+to ``CPU_MAX_VIDEO_FRAMES`` unless ``--frames`` is given): the median of 5 steps after a warm-up, the
+step time per latent frame, and the peak resident memory above the pre-step level (sampled every
+5 ms from /proc/self/statm). Full attention runs on the same ``sdpa`` backend, the fastest CPU path.
+``--quick`` on a CPU: the tiny preset at two lengths, latency only.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -21,7 +28,41 @@ from ..timing import measure, summary, sync
 from . import Context, latent_frames
 
 MODES = ("full", "vin_context", "vin_windows")
-SAMPLE_MAX_FRAMES = 256  # whole 50-step samples above this take minutes per mode
+SAMPLE_MAX_FRAMES = 256  # whole 50-step samples above this take minutes per mode (GPU)
+CPU_MAX_VIDEO_FRAMES = 512  # a full-attention step of the cpu preset at 512 video frames: ~5 s
+
+
+def supported(device: torch.device) -> bool:
+    """Runs on any device: the paper preset on a GPU, the cpu preset on a CPU."""
+    return True
+
+
+class RssSampler:
+    """Peak resident set size above the level at entry, sampled every ``interval`` s (Linux /proc)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak = interval, 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.base = self.rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss() - self.base)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 class NvmlSampler:
@@ -74,7 +115,7 @@ class NvmlSampler:
 
 def _setup(preset, mode: str, frames: int):
     if mode == "full":
-        return ChunkLayout.context(frames, frames), False
+        return ChunkLayout.full(frames), False
     return (preset.context_layout(frames) if mode == "vin_context" else preset.window_layout(frames)), True
 
 
@@ -85,6 +126,8 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
     dit = preset.dit
     text = torch.randn(1, dit.text_len, dit.text_dim, device=device)
     state = torch.randn(1, frames, dit.in_channels, dit.height, dit.width, device=device)
+    if layout.is_windows:
+        state = layout.cut_windows(state)  # the sampler's state of a window layout
     schedule = vin.DiffusionSchedule()
     step_vin = net_vin if with_vin else None
 
@@ -93,16 +136,20 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
 
     row = {"mode": mode, "video_frames": video_frames, "latent_frames": frames, "layout": repr(layout)}
     row["flops_per_step"] = vin.flops.step_flops(preset, frames, None if mode == "full" else layout, with_vin=with_vin).total
-    if device.type == "cuda":
+    gpu = device.type == "cuda"
+    if gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    warmup, iters = (1, 3) if ctx.quick or device.type != "cuda" else (2, 10)
-    with NvmlSampler(device) if device.type == "cuda" else _Null() as sampler:
+    warmup, iters = ((1, 3) if ctx.quick else (2, 10)) if gpu else ((1, 3) if ctx.quick else (1, 5))
+    with NvmlSampler(device) if gpu else RssSampler() as sampler:
         times = measure(step, device, warmup=warmup, iters=iters)
     row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
-    if device.type == "cuda":
+    row["step_ms_per_latent_frame"] = row["step_median_ms"] / frames
+    if gpu:
         row["peak_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         row |= sampler.report()
         row["step_tflops"] = row["flops_per_step"] / (row["step_median_ms"] * 1e-3) / 1e12
+    else:
+        row["peak_rss_growth_bytes"] = sampler.peak
     if sample:
         generator = torch.Generator(device=device).manual_seed(0)
         sync(device)
@@ -114,28 +161,38 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
     return row
 
 
-class _Null:
-    def __enter__(self):
-        return self
+def _frame_lengths(ctx: Context, gpu: bool) -> tuple[int, ...]:
+    if gpu:
+        return ctx.video_frames if not ctx.quick else tuple(f for f in ctx.video_frames if f <= 128)
+    if ctx.quick:
+        return tuple(f for f in ctx.video_frames if f <= 128)[:2]
+    return ctx.video_frames if ctx.frames_given else tuple(f for f in ctx.video_frames if f <= CPU_MAX_VIDEO_FRAMES)
 
-    def __exit__(self, *exc):
-        return False
+
+def _flop_ratios(rows: list[dict]) -> None:
+    """Per VIN row: its step time and FLOPs as fractions of full attention's at the same length."""
+    full = {r["video_frames"]: r for r in rows if r["mode"] == "full" and "step_median_ms" in r}
+    for r in rows:
+        if r["mode"] != "full" and "step_median_ms" in r and r["video_frames"] in full:
+            base = full[r["video_frames"]]
+            r["time_ratio_to_full"] = r["step_median_ms"] / base["step_median_ms"]
+            r["flop_ratio_to_full"] = r["flops_per_step"] / base["flops_per_step"]
 
 
 def run(ctx: Context) -> dict:
     device = ctx.device
     gpu = device.type == "cuda"
-    preset = vin.presets.paper() if gpu else vin.presets.tiny()
+    name = "paper" if gpu else ("tiny" if ctx.quick else "cpu")
+    preset = getattr(vin.presets, name)()
     model, net_vin = preset.build(device=device, dtype=torch.bfloat16 if gpu else None)
     model.eval()
     net_vin.eval()
-    frames_list = ctx.video_frames if gpu and not ctx.quick else tuple(f for f in ctx.video_frames if f <= 128)
     rows, stopped = [], set()
-    items = [(f, mode) for f in frames_list for mode in MODES]
+    items = [(f, mode) for f in _frame_lengths(ctx, gpu) for mode in MODES]
     for video_frames, mode in ctx.progress(items, desc="model"):
         if mode in stopped:
             continue
-        sample = (video_frames <= SAMPLE_MAX_FRAMES) and not (gpu and ctx.quick)
+        sample = gpu and video_frames <= SAMPLE_MAX_FRAMES and not ctx.quick or not gpu and ctx.quick
         try:
             rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, sample))
         except torch.cuda.OutOfMemoryError:
@@ -143,10 +200,16 @@ def run(ctx: Context) -> dict:
             stopped.add(mode)
         if gpu:
             torch.cuda.empty_cache()
-    return {"preset": "paper" if gpu else "tiny", "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps, "rows": rows}
+    _flop_ratios(rows)
+    return {
+        "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps,
+        "threads": torch.get_num_threads(), "device_kind": device.type, "rows": rows,
+    }  # fmt: skip
 
 
 def markdown(result: dict) -> str:
+    if result.get("device_kind", "cuda") != "cuda":
+        return _cpu_markdown(result)
     lines = [
         f"One DDIM step (median) and one whole {result['steps']}-step sample of the {result['preset']} preset "
         f"({result['dtype']}, random weights, batch 1); memory is the peak while stepping.",
@@ -167,5 +230,30 @@ def markdown(result: dict) -> str:
             f"{fmt(r.get('sample_seconds'), digits=2)} | {fmt(r.get('peak_memory_allocated_bytes'), 2**30, 2)} | "
             f"{fmt(r.get('nvml_peak_memory_bytes'), 2**30, 2)} | {fmt(r.get('mean_power_w'), digits=0)} | "
             f"{fmt(r.get('mean_sm_clock_mhz'), digits=0)} |"
+        )
+    return "\n".join(lines)
+
+
+def _cpu_markdown(result: dict) -> str:
+    lines = [
+        f"One DDIM step of the {result['preset']} preset on a CPU ({result['dtype']}, random weights, batch 1, "
+        f"{result['threads']} threads): median wall-clock ms of 5 steps after a warm-up (p20-p80 in brackets), "
+        "the same per latent frame, and the peak resident memory above the pre-step level. *time / full* and "
+        "*FLOPs / full* compare with full attention at the same length (full attention: the same DiT with one "
+        "chunk and no VIN, on the same sdpa backend).",
+        "",
+        "| video frames | latent frames | mode | step ms | ms per latent frame | time / full | FLOPs / full | peak RSS growth MiB |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['video_frames']} | | {r['mode']} | {r['error']} | | | | |")
+            continue
+        time_ratio = f"{r['time_ratio_to_full']:.2f}" if "time_ratio_to_full" in r else "-"
+        flop_ratio = f"{r['flop_ratio_to_full']:.2f}" if "flop_ratio_to_full" in r else "-"
+        lines.append(
+            f"| {r['video_frames']} | {r['latent_frames']} | {r['mode']} | "
+            f"{r['step_median_ms']:.0f} [{r['step_p20_ms']:.0f}-{r['step_p80_ms']:.0f}] | "
+            f"{r['step_ms_per_latent_frame']:.1f} | {time_ratio} | {flop_ratio} | {r['peak_rss_growth_bytes'] / 2**20:.0f} |"
         )
     return "\n".join(lines)
