@@ -45,7 +45,7 @@ def _window_starts(num_frames: int, window: int, overlap: int) -> tuple[int, ...
 
 
 def _tent_weights(starts: tuple[int, ...], length: int) -> tuple[tuple[float, ...], ...]:
-    """Unnormalized blend weight of every window position (the DESIGN.md tent rule)."""
+    """Unnormalized blend weight of every window position (docs/design.md, ChunkLayout: blend weights)."""
     rows = []
     for i, start in enumerate(starts):
         left = starts[i - 1] + length - start if i > 0 else 0

@@ -9,7 +9,7 @@ import torch
 
 __all__ = ["TOLERANCES", "tolerance", "rel_error", "assert_close", "poison_"]
 
-# Relative error ||out - ref|| / ||ref|| allowed against a float64 computation (DESIGN.md).
+# Relative error ||out - ref|| / ||ref|| allowed against a float64 computation (docs/design.md, Numerics).
 TOLERANCES = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # fp32 through tensor-core dots with tf32 inputs.
 TF32_TOLERANCE = 1e-3

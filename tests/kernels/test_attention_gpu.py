@@ -63,7 +63,7 @@ def test_chunk_attention_fp32_exact_and_tf32():
     _check(torch.float32, 72, frames=8, chunk=3, context=1, G=64, H=2)
     allow = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
-    try:  # tf32 dots: the fp32 tolerance with tf32 (DESIGN.md: 1e-3)
+    try:  # tf32 dots: the fp32 tolerance with tf32 (docs/design.md, Numerics: 1e-3)
         N = 8 * T
         q, k, v, gk, gv = _inputs(1, N, 2, 64, 64, torch.float32, requires_grad=False)
         o = vk.chunk_attention(q, k, v, chunk_size=3 * T, global_k=gk, global_v=gv, backend="triton")

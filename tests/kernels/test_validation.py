@@ -1,6 +1,6 @@
 """Argument validation of the public ops: one bad argument per test, CPU only, tiny shapes.
 
-Contract (DESIGN.md, "Rules for every op"): a bad input raises ``TypeError`` (wrong kind of object
+Contract (docs/design.md, "Operations and their contracts"): a bad input raises ``TypeError`` (wrong kind of object
 or dtype) or ``ValueError`` (wrong shape, size, value, device or stride) whose message names the
 argument and what was expected; empty inputs return empty outputs. Every bad-input case starts from
 a call that is known to succeed (see the ``test_*_valid_call`` smoke tests) and changes exactly one
