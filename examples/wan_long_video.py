@@ -1,6 +1,6 @@
 """vin.diffusers on a tiny random Wan pipeline, on a CPU, offline: chunked attention, long videos, a VIN adapter.
 
-    python examples/wan_long_video.py [--frames 97] [--steps 4] [--train-steps 20] [--out video.mp4]
+    python examples/wan_long_video.py [--frames 97] [--steps 4] [--train-steps 30] [--out video.mp4]
 
 The pipeline is built from configs with random weights (vin.diffusers.tiny), so the frames are
 noise-like; what the example shows is the API, the shapes and that an unmodified WanPipeline makes
@@ -34,7 +34,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=97, help="video frames of the long video (4k+1)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps")
-    parser.add_argument("--train-steps", type=int, default=20, help="VIN adapter training steps")
+    parser.add_argument("--train-steps", type=int, default=30, help="VIN adapter training steps")
     parser.add_argument("--out", help="write the long video here (mp4, needs opencv or imageio)")
     args = parser.parse_args()
     pipe = tiny_wan_pipeline(rope_max_seq_len=8)
@@ -67,21 +67,30 @@ def main():
     #    own latents of short videos (flow matching), then used for the long video.
     config = vin.VINConfig(num_global_tokens=8, dim=32, depth=1, heads=4, fps=16, frames_per_latent=4)
     adapter = vd.VINAdapter(transformer, config, height=SIZE // 8, width=SIZE // 8)
-    optimizer = torch.optim.Adam(adapter.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-3)
     vae = pipe.vae.config
     mean, std = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in (vae.latents_mean, vae.latents_std))
     with torch.no_grad():  # the pipeline's latent space (the VAE's latents, normalized) and text embedding
         data = (pipe.vae.encode(short.permute(1, 0, 2, 3)[None] * 2 - 1).latent_dist.mode() - mean) / std
         prompt_embeds, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=8)
-    with adapter.attach(chunk=4, context=2):
+
+    def loss(seed: int) -> torch.Tensor:
+        return adapter.training_loss(data, prompt_embeds, generator=torch.Generator().manual_seed(seed))
+
+    def evaluation() -> float:  # the same 8 noise draws every time
+        with torch.no_grad():
+            return sum(loss(seed).item() for seed in range(8)) / 8
+
+    with adapter.attach(chunk=4, context=2) as handle:
+        handle.global_tokens = None
+        frozen = evaluation()
+        handle.global_tokens = adapter
         for step in range(args.train_steps):
             optimizer.zero_grad()
-            loss = adapter.training_loss(data, prompt_embeds, generator=generator)
-            loss.backward()
+            loss(1000 + step).backward()
             optimizer.step()
-            if step % 5 == 0 or step == args.train_steps - 1:
-                print(f"VIN adapter step {step:3d}: loss {loss.item():.4f}")
+        print(f"flow-matching loss of the frozen transformer: {frozen:.4f} without global tokens, "
+              f"{evaluation():.4f} with the VIN's after {args.train_steps} steps")
         with vd.LongVideo(transformer, window=8, overlap=3):
             video = generate(pipe, args.frames, args.steps)
     print(f"long video with the VIN's global tokens: {tuple(video.shape)}")
