@@ -75,7 +75,8 @@ def device_slug(env: dict) -> str:
     return re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
 
 
-def result_stem(env: dict) -> str:
-    """``<device>-<YYYYMMDD>-<commit>``, the name of a run's files."""
+def result_stem(env: dict, quick: bool = False) -> str:
+    """``<device>-<YYYYMMDD>-<commit>``, the name of a run's files; ``...-quick`` for a ``--quick`` run,
+    so a fast pass never overwrites the full run of the same day and commit."""
     day = env["timestamp"][:10].replace("-", "")
-    return f"{device_slug(env)}-{day}-{env['commit'].replace('+', '-')}"
+    return f"{device_slug(env)}-{day}-{env['commit'].replace('+', '-')}{'-quick' if quick else ''}"

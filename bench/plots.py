@@ -1,8 +1,18 @@
-"""PNG plots of a result (matplotlib, headless). Each returns the file it wrote, or None."""
+"""PNG plots of a result (matplotlib, headless): :func:`plot` writes a suite's plot, if it has one.
+
+Line plots (flops, model) put every measured video length on the x axis as a tick, labelled with its
+video frames over its latent frames; when there are more lengths than fit, the labels are thinned
+(every point keeps its marker and an unlabelled tick). The kernels plot groups one bar per
+implementation under each (op, shape, pass), one colour per implementation, with a legend.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+FONT_SIZE = 9  # tick labels and legends: readable in the README at 100%
+MAX_TICK_LABELS = 10  # per line plot's x axis of 7 inches
 
 
 def _pyplot():
@@ -16,52 +26,119 @@ def _pyplot():
     return plt
 
 
-def _lines(rows: list[dict], y, ylabel: str, title: str, path: Path) -> Path | None:
-    """One line per ``mode`` of ``y(row)`` against video frames (log-log)."""
-    plt = _pyplot()
-    if plt is None or not rows:
+def labelled_ticks(values: list[float], max_labels: int = MAX_TICK_LABELS) -> list[float]:
+    """The subset of sorted distinct ``values`` to label on a log axis: the first, the last, and in
+    between every value at least 1/``max_labels`` of the axis' decades away from the last one kept."""
+    values = sorted(set(values))
+    if len(values) <= max_labels:
+        return values
+    gap = math.log10(values[-1] / values[0]) / max_labels
+    kept = [values[0]]
+    for v in values[1:-1]:
+        if math.log10(v / kept[-1]) >= gap and math.log10(values[-1] / v) >= gap:
+            kept.append(v)
+    return kept + [values[-1]]
+
+
+def _save(fig, path: Path) -> Path | None:
+    if fig is None:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        own = [r for r in rows if r["mode"] == mode]
-        ax.plot([r["video_frames"] for r in own], [y(r) for r in own], marker="o", label=mode)
-    ax.set(xscale="log", yscale="log", xlabel="video frames", ylabel=ylabel, title=title)
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
-def flops_plot(result: dict, path: Path) -> Path | None:
+def line_figure(rows: list[dict], y, ylabel: str, title: str):
+    """One line per ``mode`` of ``y(row)`` against video frames (log-log), ticks at the measured
+    lengths; None without rows or matplotlib."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return None
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    frames = sorted({r["video_frames"] for r in rows})
+    latent = {r["video_frames"]: r.get("latent_frames") for r in rows}
+    many = len(frames) > MAX_TICK_LABELS
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        own = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["video_frames"])
+        ax.plot([r["video_frames"] for r in own], [y(r) for r in own], marker="o", markersize=3 if many else 5, label=mode)
+    ax.set(xscale="log", yscale="log", ylabel=ylabel, title=title)
+    labelled = labelled_ticks(frames)
+    ax.xaxis.set_major_locator(FixedLocator(labelled))
+    ax.xaxis.set_minor_locator(FixedLocator([f for f in frames if f not in labelled]))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if all(latent[f] is not None for f in frames):
+        ax.set_xticklabels([f"{f}\n{latent[f]}" for f in labelled])
+        ax.set_xlabel("video frames (upper) / latent frames (lower)")
+    else:
+        ax.set_xticklabels([str(f) for f in labelled])
+        ax.set_xlabel("video frames")
+    ax.tick_params(labelsize=FONT_SIZE)
+    ax.legend(title="mode", fontsize=FONT_SIZE, title_fontsize=FONT_SIZE)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, axis="y", which="minor", alpha=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def flops_figure(result: dict):
     """TFLOP per denoising step against video frames, one line per mode."""
-    return _lines(result["rows"], lambda r: r["step_flops"] / 1e12, "TFLOP per denoising step", "Paper preset: FLOPs per step", path)
+    return line_figure(result["rows"], lambda r: r["step_flops"] / 1e12, "TFLOP per denoising step", "Paper preset: FLOPs per denoising step")
 
 
-def model_plot(result: dict, path: Path) -> Path | None:
-    """Median step latency against video frames, one line per mode."""
+def model_figure(result: dict):
+    """Median step latency against video frames, one line per mode (rows that failed are left out)."""
     rows = [r for r in result["rows"] if "step_median_ms" in r]
-    return _lines(rows, lambda r: r["step_median_ms"], "ms per denoising step", f"{result['preset']} preset: step latency", path)
+    return line_figure(rows, lambda r: r["step_median_ms"], "ms per denoising step (median)", f"{result['preset']} preset: latency of one denoising step")
 
 
-def kernels_plot(result: dict, path: Path) -> Path | None:
-    """Median ms of every implementation of each (op, shape, pass), as grouped horizontal bars."""
+def kernels_figure(result: dict):
+    """Median ms of every implementation of each (op, shape, pass): a group of horizontal bars per
+    (op, shape, pass), one colour per implementation (legend), vin_kernels' speed-up written beside its bars."""
     plt = _pyplot()
     rows = [r for r in result["rows"] if "median_ms" in r]
     if plt is None or not rows:
         return None
-    labels = [f"{r['op']} {r['shape']} {r['pass']} | {r['impl']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) + 1))
-    colors = ["tab:orange" if r["kind"] == "vin" else "tab:blue" for r in rows]
-    ax.barh(range(len(rows)), [r["median_ms"] for r in rows], color=colors)
-    ax.set_yticks(range(len(rows)), labels, fontsize=6)
-    ax.invert_yaxis()
-    ax.set(xscale="log", xlabel="median ms (orange: vin_kernels)")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["shape"], r["pass"]), []).append(r)
+    impls = list(dict.fromkeys(r["impl"] for r in sorted(rows, key=lambda r: r["kind"] != "vin")))
+    palette = plt.get_cmap("tab10" if len(impls) <= 10 else "tab20")
+    color = {impl: palette(i % palette.N) for i, impl in enumerate(impls)}
+    bar, gap = 0.8, 0.8  # bar height and the space between groups, in bar slots
+    positions, centers, y = [], [], 0.0
+    for members in groups.values():
+        ys = [y + i for i in range(len(members))]
+        positions.append(ys)
+        centers.append(sum(ys) / len(ys))
+        y = ys[-1] + 1 + gap
+    fig, ax = plt.subplots(figsize=(9, 0.22 * y + 1.6))
+    for members, ys in zip(groups.values(), positions):
+        for r, yy in zip(members, ys):
+            ax.barh(yy, r["median_ms"], height=bar, color=color[r["impl"]])
+            if "ratio_to_best_baseline" in r:
+                ax.annotate(f"{r['ratio_to_best_baseline']:.2f}x", (r["median_ms"], yy), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=FONT_SIZE - 1)
+    ax.set_yticks(centers, [f"{op}\n{shape} · {pass_}" for op, shape, pass_ in groups], fontsize=FONT_SIZE)
+    ax.set_ylim(positions[-1][-1] + bar, -bar)  # top to bottom in run order, no empty margin
+    ax.set_xscale("log")
+    ax.set_xlabel("median ms per call (log scale; lower is better)", fontsize=FONT_SIZE)
+    ax.set_title(f"Kernels: vin_kernels vs baselines ({result.get('dtype', '?')}); labels: speed-up over the best baseline")
+    ax.tick_params(axis="x", labelsize=FONT_SIZE)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color[i]) for i in impls]
+    ax.legend(handles, impls, title="implementation", fontsize=FONT_SIZE, title_fontsize=FONT_SIZE,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-PLOTS = {"flops": flops_plot, "kernels": kernels_plot, "model": model_plot}
+FIGURES = {"flops": flops_figure, "kernels": kernels_figure, "model": model_figure}
+
+
+def plot(suite: str, result: dict, path: Path) -> Path | None:
+    """Write the plot of ``suite``'s ``result`` to ``path``; None when the suite has no plot, the result
+    no plottable rows, or matplotlib is not installed."""
+    figure = FIGURES.get(suite)
+    return None if figure is None else _save(figure(result), path)

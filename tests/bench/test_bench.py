@@ -1,18 +1,23 @@
 """The benchmark harness: the flops suite equals vin.flops, result files validate, the CPU quick run
-finishes in under 2 minutes, the report renders into a README, and the CLI rejects bad options."""
+finishes in under 2 minutes under its own file name, the report skips quick runs and writes a README
+only when asked, the plots are readable, and the CLI fails fast with one-line errors."""
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 import vin
-from bench import cli, report
+import vin_kernels
+from bench import cli, plots, report
+from bench.environment import result_stem
 from bench.schema import validate
 from bench.suites import Context, latent_frames
 from bench.suites import flops as flops_suite
@@ -35,6 +40,21 @@ def quick_run(tmp_path_factory):
     return out, json.loads(result_file.read_text()), elapsed, done.stdout
 
 
+def _as_full_run(result: dict, timestamp: str, device_kind: str = "cpu") -> dict:
+    """A copy of ``result`` posing as a full (not --quick) run made at ``timestamp``."""
+    full = copy.deepcopy(result)
+    full["quick"] = False
+    full["environment"].update(timestamp=timestamp, device_kind=device_kind)
+    if device_kind == "cuda":
+        full["environment"]["device"] = "NVIDIA H100 80GB HBM3"
+    return full
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+# ------------------------------------------------------------------------------------ suites and results
 def test_flops_suite_equals_vin_flops():
     result = flops_suite.run(Context(device=torch.device("cpu"), quick=True, video_frames=(64, 256, 1024)))
     preset = vin.presets.paper()
@@ -54,21 +74,30 @@ def test_flops_suite_equals_vin_flops():
 def test_quick_run_finishes_in_under_two_minutes(quick_run):
     _, result, elapsed, _ = quick_run
     assert elapsed < 120, f"python -m bench --quick took {elapsed:.0f} s"
-    assert set(result["suites"]) == {"flops", "kernels", "model"}
+    runnable = {name for name in cli.SUITES if cli.unsupported_reason(name, torch.device("cpu")) is None}
+    assert set(result["suites"]) == runnable
 
 
 def test_result_file_validates_and_records_the_environment(quick_run):
     out, result, _, stdout = quick_run
     assert validate(result) == []
     env = result["environment"]
-    assert env["command"].endswith(f"-m bench --quick --out {out}")
+    assert env["command"] == f"python -m bench --quick --out {out}"
     assert env["torch"] == torch.__version__ and env["commit"]
-    stems = {p.name for p in out.iterdir()}
-    stem = next(iter(stems)).split(".")[0].removesuffix("-flops").removesuffix("-kernels").removesuffix("-model")
-    assert f"{stem}.json" in stems and f"{stem}.md" in stems
+    stem = result_stem(env, quick=True)
+    names = {p.name for p in out.iterdir()}
+    assert f"{stem}.json" in names and f"{stem}.md" in names
     kernel_rows = result["suites"]["kernels"]["rows"]
     assert all(len(r["times_ms"]) >= 3 for r in kernel_rows if "error" not in r)
     assert "| chunk_attention |" in stdout
+
+
+def test_quick_results_are_named_apart_from_full_runs(quick_run):
+    out, result, _, _ = quick_run
+    env = result["environment"]
+    assert result["quick"] is True
+    assert result_stem(env, quick=True) == result_stem(env) + "-quick"
+    assert all(p.name.startswith(result_stem(env, quick=True)) for p in out.iterdir()), sorted(out.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -88,15 +117,47 @@ def test_schema_names_what_is_wrong(quick_run, damage, message):
     assert any(message in problem for problem in validate(broken))
 
 
-def test_report_renders_the_flops_table_into_a_readme(quick_run, tmp_path):
-    out = quick_run[0]
+@pytest.mark.xfail(
+    not torch.cuda.is_available(), strict=True,
+    reason="issue 13.6, the suites' markdown (bench/suites/kernels.py, model.py, being rewritten for CPU "
+    "measurements): remove this mark once CPU tables stop claiming an L2 flush and printing 0.0 rates",
+)  # fmt: skip
+def test_cpu_tables_claim_no_l2_flush_and_print_no_zero_rates(quick_run):
+    stdout = quick_run[3]
+    assert "L2 flushed" not in stdout
+    zero_cells = [line for line in stdout.splitlines() if line.startswith("|") and re.search(r"\|\s*0\.0\s*\|", line)]
+    assert not zero_cells, zero_cells[:5]
+
+
+# ------------------------------------------------------------------------------------ report
+def test_report_skips_quick_runs_and_prefers_gpu_runs(quick_run, tmp_path):
+    result = quick_run[1]
+    (tmp_path / "new-quick.json").write_text(json.dumps(result | {"environment": result["environment"] | {"timestamp": "2030-01-03T00:00:00+00:00"}}))
+    assert report.newest_results(tmp_path) == {}, "a --quick run is not a result to show"
+    (tmp_path / "cpu.json").write_text(json.dumps(_as_full_run(result, "2030-01-02T00:00:00+00:00")))
+    chosen = report.newest_results(tmp_path)
+    assert {path.name for path, _ in chosen.values()} == {"cpu.json"} and set(chosen) == set(result["suites"])
+    (tmp_path / "gpu.json").write_text(json.dumps(_as_full_run(result, "2030-01-01T00:00:00+00:00", "cuda")))
+    assert {path.name for path, _ in report.newest_results(tmp_path).values()} == {"gpu.json"}
+
+
+def test_report_prints_by_default_and_writes_a_readme_only_with_readme(quick_run, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cpu.json").write_text(json.dumps(_as_full_run(quick_run[1], "2030-01-02T00:00:00+00:00")))
+    project_readme = (ROOT / "README.md").read_bytes()
+    assert report.main(["--results", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "### FLOPs: VIN vs full attention" in printed and "| 1024 | 320 | vin_context |" in printed
+    assert (ROOT / "README.md").read_bytes() == project_readme, "python -m bench.report must not rewrite README.md unasked"
+
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Results\n\n{report.BEGIN}\nold\n{report.END}\n\n## After\n")
-    assert report.update_readme(readme, out)
+    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "### FLOPs: VIN vs full attention" in text and "| 1024 | 320 | vin_context |" in text
     assert "old" not in text and text.endswith("## After\n")
-    assert "### Kernels" not in text  # CPU runs of the timed suites are smoke runs, not results
+    assert "(results/cpu.json)" in text  # links relative to the README
 
 
 def test_project_readme_has_the_results_section():
@@ -104,6 +165,7 @@ def test_project_readme_has_the_results_section():
     assert report.BEGIN in text and report.END in text
 
 
+# ------------------------------------------------------------------------------------ CLI
 @pytest.mark.parametrize(
     "argv, message",
     [(["--suite", "bogus"], "unknown suite"), (["--frames", "abc"], "comma-separated integers"), (["--frames", "8"], "at least 16")],
@@ -114,7 +176,122 @@ def test_cli_rejects_bad_options(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU behaviour")
-def test_gpu_suite_on_a_cpu_without_quick_says_why(capsys, tmp_path):
-    assert cli.main(["--suite", "kernels", "--out", str(tmp_path)]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
+def _unwritable_targets(tmp_path: Path) -> dict[str, Path]:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    targets = {"an existing file": a_file, "a folder below a file": a_file / "results"}
+    if Path("/sys").is_dir() and sys.platform.startswith("linux"):
+        targets["a read-only filesystem"] = Path("/sys/vin-bench-results")  # sysfs: no mkdir, even as root
+    return targets
+
+
+@pytest.mark.parametrize("which", ["an existing file", "a folder below a file", "a read-only filesystem"])
+def test_out_that_cannot_hold_results_is_a_one_line_error_before_anything_runs(which, tmp_path, monkeypatch, capsys):
+    targets = _unwritable_targets(tmp_path)
+    if which not in targets:
+        pytest.skip("no read-only filesystem known here")
+    ran = []
+    fake = types.SimpleNamespace(run=lambda ctx: ran.append(ctx), markdown=lambda body: "")
+    monkeypatch.setattr(cli, "SUITES", {"flops": fake})
+    assert cli.main(["--out", str(targets[which])], prog="vin-bench") == 2
+    err = capsys.readouterr().err
+    assert not ran, "a suite ran before --out was checked"
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"vin-bench: error: --out {targets[which]}: "), err
+
+
+def test_help_and_version_name_the_program_as_it_was_started():
+    module = _run(sys.executable, "-m", "bench", "--help")
+    assert module.returncode == 0 and module.stdout.startswith("usage: python -m bench ")
+    for markup in ("``", ":func:", ":data:", "::"):
+        assert markup not in module.stdout, f"raw RST {markup!r} in --help"
+    version = _run(sys.executable, "-m", "bench", "--version")
+    assert version.stdout.strip() == f"python -m bench {vin_kernels.__version__}"
+    assert cli.program_name("/usr/local/bin/vin-bench") == "vin-bench"
+    assert cli.program_name(str(ROOT / "bench" / "__main__.py")) == "python -m bench"
+    script = Path(sys.executable).with_name("vin-bench")
+    if script.exists():  # the console script pip installed next to this Python
+        console = _run(str(script), "--help")
+        assert console.stdout.startswith("usage: vin-bench "), console.stdout[:200]
+        assert "vin-bench --quick" in console.stdout
+
+
+def test_no_plots_reports_only_the_files_it_wrote(tmp_path, capsys):
+    assert cli.main(["--suite", "flops", "--frames", "64", "--no-plots", "--out", str(tmp_path)], prog="vin-bench") == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("wrote ") and ".png" not in last and not last.endswith("and plots"), last
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+
+
+def test_a_suite_that_cannot_run_here_is_skipped_with_its_reason(tmp_path, monkeypatch, capsys):
+    def refuse(device):
+        return "needs a CUDA GPU"
+
+    gpu_only = types.SimpleNamespace(supported=refuse, run=lambda ctx: pytest.fail("ran an unsupported suite"), markdown=str)
+    says_no = types.SimpleNamespace(supported=lambda device: False, run=gpu_only.run, markdown=str)
+    monkeypatch.setattr(cli, "SUITES", {"flops": flops_suite, "gpu_only": gpu_only, "says_no": says_no})
+    cpu = torch.device("cpu")
+    assert cli.unsupported_reason("flops", cpu) is None  # no supported(): runs anywhere
+    assert cli.unsupported_reason("gpu_only", cpu) == "needs a CUDA GPU"
+    assert cli.unsupported_reason("says_no", cpu) == "not supported on cpu"
+
+    assert cli.main(["--suite", "gpu_only", "--out", str(tmp_path)], prog="vin-bench") == 2
+    assert "the gpu_only suite cannot run on this" in capsys.readouterr().err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["--frames", "64", "--no-plots", "--out", str(tmp_path)], prog="vin-bench") == 0
+    err = capsys.readouterr().err
+    assert "skipping the gpu_only suite: needs a CUDA GPU" in err and "skipping the says_no suite" in err
+    (result_file,) = tmp_path.glob("*.json")
+    assert list(json.loads(result_file.read_text())["suites"]) == ["flops"]
+
+
+# ------------------------------------------------------------------------------------ plots
+def _drawn(fig):
+    fig.canvas.draw()
+    return fig.axes[0]
+
+
+def test_flops_plot_labels_the_measured_frame_counts(quick_run):
+    pytest.importorskip("matplotlib")
+    flops = quick_run[1]["suites"]["flops"]
+    ax = _drawn(plots.flops_figure(flops))
+    measured = sorted({r["video_frames"] for r in flops["rows"]})
+    assert list(ax.get_xticks()) == measured
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == [f"{f}\n{latent_frames(f)}" for f in measured]
+    assert "video frames" in ax.get_xlabel() and "latent frames" in ax.get_xlabel()
+
+
+def test_model_plot_keeps_every_point_and_labels_that_do_not_overlap():
+    pytest.importorskip("matplotlib")
+    lengths = list(range(16, 2049, 32))  # 64 lengths
+    rows = [
+        {"mode": mode, "video_frames": f, "latent_frames": latent_frames(f), "step_median_ms": f * (i + 1.0)}
+        for f in lengths for i, mode in enumerate(("full", "vin_context", "vin_windows"))
+    ] + [{"mode": "full", "video_frames": 4096, "error": "out of memory"}]  # fmt: skip
+    fig = plots.model_figure({"preset": "cpu", "rows": rows})
+    ax = _drawn(fig)
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [len(lengths)] * 3
+    major = list(ax.get_xticks())
+    assert major[0] == lengths[0] and major[-1] == lengths[-1] and len(major) <= plots.MAX_TICK_LABELS
+    assert sorted(major + list(ax.get_xticks(minor=True))) == lengths  # every length is a tick
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), "x tick labels overlap"
+
+
+def test_kernels_plot_has_a_title_a_colour_legend_and_readable_labels(quick_run):
+    pytest.importorskip("matplotlib")
+    kernels = quick_run[1]["suites"]["kernels"]
+    ax = _drawn(plots.kernels_figure(kernels))
+    assert ax.get_title()
+    impls = {r["impl"] for r in kernels["rows"] if "median_ms" in r}
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == impls
+    colours = {p.get_facecolor() for p in ax.patches}
+    assert len(colours) == len(impls), "one colour per implementation"
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 8
+
+
+def test_a_suite_without_a_plot_gets_none(tmp_path):
+    assert plots.plot("no-such-suite", {"rows": [{"x": 1}]}, tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()
+    assert plots.labelled_ticks([64, 128, 256]) == [64, 128, 256]
