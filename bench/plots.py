@@ -54,7 +54,7 @@ def line_figure(rows: list[dict], y, ylabel: str, title: str):
     plt = _pyplot()
     if plt is None or not rows:
         return None
-    from matplotlib.ticker import FixedLocator, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     frames = sorted({r["video_frames"] for r in rows})
     latent = {r["video_frames"]: r.get("latent_frames") for r in rows}
@@ -74,7 +74,12 @@ def line_figure(rows: list[dict], y, ylabel: str, title: str):
     else:
         ax.set_xticklabels([str(f) for f in labelled])
         ax.set_xlabel("video frames")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 400, 0.5, 1e+03: not 4x10^2
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # under a decade: label 2..9 too
     ax.tick_params(labelsize=FONT_SIZE)
+    ax.tick_params(which="minor", labelsize=FONT_SIZE - 1)
     ax.legend(title="mode", fontsize=FONT_SIZE, title_fontsize=FONT_SIZE)
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, axis="y", which="minor", alpha=0.15)
