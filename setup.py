@@ -12,6 +12,8 @@ same command (cmake, generator, ninja, Python, pybind11, nvcc, architectures); o
 emptied first. pip's isolated builds run cmake and ninja from a temporary environment that is
 deleted afterwards, and a CMakeCache.txt still naming the deleted ninja stops the next
 `pip install .` at project().
+The built extension is also copied into the checkout's vin_kernels/, so Python started in the checkout
+(whose working directory shadows the installed package) finds it too.
 """
 
 import json
@@ -82,6 +84,20 @@ class CMakeBuild(build_ext):
         subprocess.run(configure, cwd=build_temp, check=True)
         (build_temp / CONFIGURE_RECORD).write_text(json.dumps(configure))
         subprocess.run([cmake, "--build", ".", "--parallel", jobs], cwd=build_temp, check=True)
+        copy_into_checkout(extdir / Path(self.get_ext_filename(ext.name)).name, ROOT / self.get_ext_filename(ext.name))
+
+
+def copy_into_checkout(built: Path, in_tree: Path) -> None:
+    """Put the built extension beside the package sources too, when they are a writable checkout.
+
+    ``pip install .`` builds in the checkout; Python run from there (``python -m bench``, ``python
+    -c``) puts the working directory first on ``sys.path`` and imports the checkout's vin_kernels,
+    which would lack ``_C`` while the installed copy has it. Editable builds already put it there.
+    """
+    if not in_tree.parent.is_dir() or not os.access(in_tree.parent, os.W_OK):
+        return
+    if not in_tree.exists() or not in_tree.samefile(built):
+        shutil.copy2(built, in_tree)
 
 
 CONFIGURE_RECORD = "vin-configure-command.json"  # the cmake command that configured a build folder

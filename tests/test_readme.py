@@ -53,6 +53,22 @@ def test_ci_runs_the_readme_test_command():
     assert commands[-1] in _ci_commands(), f".ci/run must call README's test command {commands[-1]!r}"
 
 
+def test_the_test_command_collects_every_test_folder():
+    """pytest's default ``norecursedirs`` holds ``build``: ``pytest`` silently skipped tests/build."""
+    from fnmatch import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    pytest_default = ["*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}"]
+    patterns = options.get("norecursedirs", pytest_default)
+    folders = {path.parent for path in (ROOT / "tests").rglob("test_*.py")}
+    skipped = [
+        folder for folder in folders
+        if any(fnmatch(part, pattern) for part in folder.relative_to(ROOT).parts for pattern in patterns)
+    ]  # fmt: skip
+    assert not skipped, f"pytest would not collect {sorted(map(str, skipped))} (norecursedirs {patterns})"
+
+
 def test_install_section_has_a_cpu_torch_line_and_says_why_triton():
     install = _section("Install")
     commands = _commands(_code_blocks(install, "bash")[0])

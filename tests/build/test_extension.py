@@ -268,3 +268,5 @@ def test_second_build_in_the_same_checkout_works_after_the_first_builds_tools_ar
         done = subprocess.run(cmd, env=dict(env, PATH=path), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"build {build + 1} failed:\n{done.stdout[-12000:]}\n{done.stderr[-2000:]}"
         assert _wheel_has_extension(wheels), f"build {build + 1} made a wheel without vin_kernels._C"
+    # Python started in the checkout imports the checkout's vin_kernels: the build put _C there too.
+    assert list((source / "vin_kernels").glob("_C*.so")), "the build did not copy _C into the checkout"
