@@ -403,5 +403,5 @@ def test_meta_raw_overlap_fuse(with_x, out_windows):
     eps = _meta(2, n, L, 7, dtype=torch.bfloat16)
     x = _meta(2, F, 7, dtype=torch.bfloat16) if with_x else None
     a, b = COEFFS if with_x else (0.0, 1.0)
-    out = OPS.overlap_fuse(eps, F, LAYOUT.chunk_frames, LAYOUT.overlap_frames, x, a, b, out_windows, "triton")
+    out = OPS.overlap_fuse_triton(eps, *fusion_tensors(LAYOUT, eps.device), x, a, b, out_windows)
     _assert_meta(out, (2, n, L, 7) if out_windows else (2, F, 7), torch.bfloat16, "overlap_fuse out")

@@ -131,7 +131,9 @@ def _backward(ctx, grad_out):
     B, n, L = ctx.eps_shape[:3]
     num_frames = frame_ptr.numel() - 1
     window, position = window.long(), position.long()
-    entry_frame = torch.repeat_interleave(torch.arange(num_frames, device=grad_out.device), frame_ptr.diff().long())
+    entry_frame = torch.repeat_interleave(
+        torch.arange(num_frames, device=grad_out.device), frame_ptr.diff().long(), output_size=window.numel()
+    )
     grad = grad_out.float()
     if ctx.out_windows:  # every window copy of a frame adds into the frame
         grad = grad.new_zeros((B, num_frames, *grad.shape[3:])).index_add(1, entry_frame, grad[:, window, position])
