@@ -34,6 +34,7 @@ from .suites import flops as flops_suite
 from .suites import kernels as kernels_suite
 from .suites import model as model_suite
 from .suites import parallel as parallel_suite
+from .suites import static as static_suite
 
 # The suites, in run order (see the module docstring for what a suite module provides).
 SUITES = {
@@ -41,6 +42,7 @@ SUITES = {
     "kernels": kernels_suite,
     "model": model_suite,
     "parallel": parallel_suite,
+    "static": static_suite,
 }
 
 DESCRIPTION = """\

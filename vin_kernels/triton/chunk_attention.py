@@ -2,12 +2,12 @@
 
 Forward: one program per (query block inside a chunk, batch*head). A query block never straddles
 two chunks, so all its rows share one key window ``[max(0, c0 - context), c1)`` and no mask beyond
-the bounds is needed; the global keys of row ``b // group`` follow in the same online softmax, read
-in place. Backward, deterministic and without atomics: ``dq`` per query block (same loop as the
-forward), ``dk/dv`` per block of sequence keys over the query blocks that see it (per-element chunk
-mask; ``context_grad=False`` narrows it to the key's own chunk), and ``dglobal_k/v`` per block of
-global keys over every query of its group, cut into ``S`` splits whose fp32 partial sums are added
-in a fixed order.
+the bounds is needed; the global keys of row ``b // group`` follow in the same loop and online
+softmax, read in place. Backward, deterministic and without atomics: ``dq`` per query block (the
+forward's keys), ``dk/dv`` per block of sequence keys over the query chunks that see it (key blocks
+are cut so that all their keys are seen by the same chunks; ``context_grad=False`` narrows them to
+the key's own chunk), and ``dglobal_k/v`` per block of global keys over every query of its group,
+cut into ``S`` splits whose fp32 partial sums are added in a fixed order.
 """
 
 from __future__ import annotations
@@ -18,27 +18,39 @@ import triton.language as tl
 
 from . import attention_core as core
 from .attention_core import (
-    LN2_C,
     LOG2E,
-    LOG2E_C,
-    PRUNE,
     attend_keys,
-    autotune_configs,
     bnh_strides,
     dkdv_queries,
     dq_keys,
+    finish_rows,
+    head_base,
     head_meta,
+    row_offsets,
+    rows_at,
+    load_lse2,
     load_split,
     num_splits,
     shape_bucket,
     store_split,
+    tuning,
 )
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU, not yet tuned on an H100/H200; tiles
-# below 64x64 are for fp32 inputs (see attention_core.prune_by_element_size).
-_FWD_OPTIONS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
-_BWD_DQ_OPTIONS = [(128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
-_BWD_DKDV_OPTIONS = [(64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 2)]
+# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]} the autotuner tries (not yet timed on a
+# GPU). Every 16-bit option compiles for sm_90 and sm_80 at D = 64..128 without register spills, within
+# shared memory, with wgmma / mma.sync and every loop cp.async-pipelined (python -m bench --suite static;
+# tests/build/test_triton_compile.py). Measured that way (bf16, paper shapes) and left out: forward
+# 128x64 on 4 warps (sm_90 D=128: 255 registers + 112 B of spills, as the dense anchor), 128x128 on 8
+# warps (sm_80 D=128: 24 B), 64x64/4 warps/3 stages (sm_80 D=80: 8 B); dk/dv 64 queries x 128 keys on
+# 8 warps (sm_80 D=128: 64 B) and 64x64 on 4 warps (sm_80 D=72..128: 16-64 B); dq 64x64 on 4 warps
+# spills nothing but needs 255 registers on sm_80 at D = 96 (128x32 on 8 warps: 189 at most). fp32
+# (exact dots on FMA units) gets one option that fits sm_80's 163 KB at D = 128 (64x64 tiles with 3
+# stages asked for 180-214 KB).
+_FWD_OPTIONS = {2: [(128, 64, 8, 3), (64, 64, 4, 2)], 4: [(64, 32, 4, 2)]}
+_BWD_DQ_OPTIONS = {2: [(128, 64, 8, 2), (128, 32, 8, 3)], 4: [(64, 32, 4, 2)]}
+# dk/dv and dglobal: BLOCK_N keys stay resident (dk and dv accumulate in registers) while BLOCK_M queries
+# stream by.
+_BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 3), (16, 64, 4, 3)], 4: [(32, 64, 4, 2)]}
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "TUNE_BUCKET"]
 
 
@@ -51,7 +63,38 @@ def _query_block(pid_m, chunk_size, N, BLOCK_M: tl.constexpr):
     return c0, c1, c0 + (pid_m % blocks_per_chunk) * BLOCK_M
 
 
-@triton.autotune(configs=autotune_configs(_FWD_OPTIONS), key=_AUTOTUNE_KEY, prune_configs_by=PRUNE)
+def key_blocks_per_chunk(chunk_size: int, reach: int, block_n: int) -> int:
+    """Key blocks of one chunk in the dk/dv kernel (see :func:`_key_block`)."""
+    tail = reach % chunk_size
+    return triton.cdiv(chunk_size - tail, block_n) + triton.cdiv(tail, block_n)
+
+
+@triton.jit
+def _key_block(pid_n, N, chunk_size, reach, BLOCK_N: tl.constexpr):
+    """``(j0, j1, c_first, c_last)``: the keys ``[j0, j1)`` of dk/dv block ``pid_n`` and the query chunks that see them.
+
+    Chunk ``c`` sees keys ``[c*cs - reach, (c+1)*cs)``, so key ``j`` is seen by chunks
+    ``j // cs .. (j + reach) // cs``, which changes where ``j`` or ``j + reach`` crosses a multiple of
+    ``cs``. Each chunk's own keys are therefore cut at ``(c+1)*cs - reach % cs`` into two segments, and
+    each segment into blocks of ``BLOCK_N``: every key of a block is seen by exactly the same queries,
+    so no per-element mask is needed and a non-finite value reaches only the gradients it should.
+    """
+    tail = reach % chunk_size
+    head_blocks = tl.cdiv(chunk_size - tail, BLOCK_N)
+    per_chunk = head_blocks + tl.cdiv(tail, BLOCK_N)
+    c = pid_n // per_chunk
+    i = pid_n % per_chunk
+    c0 = c * chunk_size
+    split = c0 + chunk_size - tail
+    in_head = i < head_blocks
+    j0 = tl.where(in_head, c0 + i * BLOCK_N, split + (i - head_blocks) * BLOCK_N)
+    segment_end = tl.where(in_head, split, c0 + chunk_size)
+    j1 = tl.minimum(tl.minimum(j0 + BLOCK_N, segment_end), N)
+    c_last = tl.minimum((j0 + reach) // chunk_size, (N - 1) // chunk_size)
+    return j0, j1, c, c_last
+
+
+@triton.autotune(**tuning(_FWD_OPTIONS), key=_AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, GK, GV, O, LSE,
@@ -59,7 +102,8 @@ def _fwd_kernel(
     sgk_b, sgk_n, sgk_h, sgv_b, sgv_n, sgv_h, so_b, so_n, so_h,
     N, H, G, group, chunk_size, context_size, qk_scale, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    HAS_GLOBALS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, HAS_GLOBALS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -70,38 +114,42 @@ def _fwd_kernel(
         return
     rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_mask = rows < c1
-    q_off = b * sq_b + h * sq_h + rows * sq_n
+    q_off = row_offsets(b, h, rows, sq_b, sq_h, sq_n, ALIGN)
     q1, q2 = load_split(Q, q_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc1 = tl.zeros([BLOCK_M, BLOCK_D1], tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
 
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
-    for start in range(tl.maximum(c0 - context_size, 0), c1, BLOCK_N):
+    # One loop over the key window's blocks, then the global keys' blocks. Two loops, each with its own
+    # pipeline, took more registers: sm_80 D = 128, 64x64 tiles: 211 instead of 168; sm_90 D = 72,
+    # 128x64: 141 instead of 114.
+    lo = tl.maximum(c0 - context_size, 0)
+    window_blocks = tl.cdiv(c1 - lo, BLOCK_N)
+    blocks = window_blocks
+    if HAS_GLOBALS:
+        blocks += tl.cdiv(G, BLOCK_N)
+    gb = b // group
+    for i in range(0, blocks):
+        in_window = i < window_blocks
+        start = tl.where(in_window, lo + i * BLOCK_N, (i - window_blocks) * BLOCK_N)
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        k_base = tl.where(in_window, head_base(K, b, h, sk_b, sk_h, ALIGN), head_base(GK, gb, h, sgk_b, sgk_h, ALIGN))
+        v_base = tl.where(in_window, head_base(V, b, h, sv_b, sv_h, ALIGN), head_base(GV, gb, h, sgv_b, sgv_h, ALIGN))
+        k_off = rows_at(cols, tl.where(in_window, sk_n, sgk_n), ALIGN)
+        v_off = rows_at(cols, tl.where(in_window, sv_n, sgv_n), ALIGN)
         m_i, l_i, acc1, acc2 = attend_keys(
-            q1, q2, m_i, l_i, acc1, acc2, k_base, v_base, cols * sk_n, cols * sv_n, cols < c1, qk_scale,
+            q1, q2, m_i, l_i, acc1, acc2, k_base, v_base, k_off, v_off, cols < tl.where(in_window, c1, G), qk_scale,
             HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
-    if HAS_GLOBALS:
-        gb = b // group
-        gk_base = GK + gb * sgk_b + h * sgk_h
-        gv_base = GV + gb * sgv_b + h * sgv_h
-        for start in range(0, G, BLOCK_N):
-            cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
-            m_i, l_i, acc1, acc2 = attend_keys(
-                q1, q2, m_i, l_i, acc1, acc2, gk_base, gv_base, cols * sgk_n, cols * sgv_n, cols < G, qk_scale,
-                HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
-            )
 
-    o_off = b * so_b + h * so_h + rows * so_n
-    store_split(O, o_off, row_mask, acc1 / l_i[:, None], acc2 / l_i[:, None], HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
-    tl.store(LSE + (b * H + h) * N + rows, (m_i + tl.log2(l_i)) * LN2_C, mask=row_mask)
+    o1, o2, lse = finish_rows(m_i, l_i, acc1, acc2)
+    o_off = row_offsets(b, h, rows, so_b, so_h, so_n, ALIGN)
+    store_split(O, o_off, row_mask, o1, o2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
+    tl.store(LSE + (b * H + h) * N + rows, lse, mask=row_mask)
 
 
-@triton.autotune(configs=autotune_configs(_BWD_DQ_OPTIONS), key=_AUTOTUNE_KEY, prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_BWD_DQ_OPTIONS), key=_AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, GK, GV, DO, LSE, DELTA, DQ,
@@ -109,7 +157,8 @@ def _bwd_dq_kernel(
     sgk_b, sgk_n, sgk_h, sgv_b, sgv_n, sgv_h, sdo_b, sdo_n, sdo_h, sdq_b, sdq_n, sdq_h,
     N, H, G, group, chunk_size, context_size, qk_scale, sm_scale, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    HAS_GLOBALS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, HAS_GLOBALS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -120,40 +169,42 @@ def _bwd_dq_kernel(
         return
     rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_mask = rows < c1
-    q_off = b * sq_b + h * sq_h + rows * sq_n
-    do_off = b * sdo_b + h * sdo_h + rows * sdo_n
+    q_off = row_offsets(b, h, rows, sq_b, sq_h, sq_n, ALIGN)
+    do_off = row_offsets(b, h, rows, sdo_b, sdo_h, sdo_n, ALIGN)
     q1, q2 = load_split(Q, q_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     do1, do2 = load_split(DO, do_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     stat_off = (b * H + h) * N + rows
-    lse2 = tl.load(LSE + stat_off, mask=row_mask, other=0.0) * LOG2E_C
+    lse2 = load_lse2(LSE, stat_off, row_mask)
     delta = tl.load(DELTA + stat_off, mask=row_mask, other=0.0)
     dq1 = tl.zeros([BLOCK_M, BLOCK_D1], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
 
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
+    k_base = head_base(K, b, h, sk_b, sk_h, ALIGN)
+    v_base = head_base(V, b, h, sv_b, sv_h, ALIGN)
     for start in range(tl.maximum(c0 - context_size, 0), c1, BLOCK_N):
         cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
         dq1, dq2 = dq_keys(
-            q1, q2, do1, do2, lse2, delta, dq1, dq2, k_base, v_base, cols * sk_n, cols * sv_n, cols < c1,
+            q1, q2, do1, do2, lse2, delta, dq1, dq2, k_base, v_base, rows_at(cols, sk_n, ALIGN),
+            rows_at(cols, sv_n, ALIGN), cols < c1,
             qk_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
     if HAS_GLOBALS:
         gb = b // group
-        gk_base = GK + gb * sgk_b + h * sgk_h
-        gv_base = GV + gb * sgv_b + h * sgv_h
+        gk_base = head_base(GK, gb, h, sgk_b, sgk_h, ALIGN)
+        gv_base = head_base(GV, gb, h, sgv_b, sgv_h, ALIGN)
         for start in range(0, G, BLOCK_N):
             cols = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
             dq1, dq2 = dq_keys(
-                q1, q2, do1, do2, lse2, delta, dq1, dq2, gk_base, gv_base, cols * sgk_n, cols * sgv_n, cols < G,
+                q1, q2, do1, do2, lse2, delta, dq1, dq2, gk_base, gv_base, rows_at(cols, sgk_n, ALIGN),
+                rows_at(cols, sgv_n, ALIGN), cols < G,
                 qk_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
             )
 
-    dq_off = b * sdq_b + h * sdq_h + rows * sdq_n
+    dq_off = row_offsets(b, h, rows, sdq_b, sdq_h, sdq_n, ALIGN)
     store_split(DQ, dq_off, row_mask, dq1 * sm_scale, dq2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(configs=autotune_configs(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["CONTEXT_GRAD"], prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["CONTEXT_GRAD"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
@@ -161,17 +212,23 @@ def _bwd_dkdv_kernel(
     sdk_b, sdk_n, sdk_h, sdv_b, sdv_n, sdv_h,
     N, H, G, chunk_size, context_size, qk_scale, sm_scale, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    CONTEXT_GRAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, CONTEXT_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    j0 = pid_n * BLOCK_N
+    reach = 0
+    if CONTEXT_GRAD:
+        reach = context_size
+    j0, j1, c_first, c_last = _key_block(pid_n, N, chunk_size, reach, BLOCK_N)
+    if j0 >= N:  # past the end of a short last chunk
+        return
     cols = (j0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-    col_mask = cols < N
-    k_off = b * sk_b + h * sk_h + cols * sk_n
-    v_off = b * sv_b + h * sv_h + cols * sv_n
+    col_mask = cols < j1
+    k_off = row_offsets(b, h, cols, sk_b, sk_h, sk_n, ALIGN)
+    v_off = row_offsets(b, h, cols, sv_b, sv_h, sv_n, ALIGN)
     k1, k2 = load_split(K, k_off, col_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     v1, v2 = load_split(V, v_off, col_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     dk1 = tl.zeros([BLOCK_N, BLOCK_D1], tl.float32)
@@ -179,45 +236,33 @@ def _bwd_dkdv_kernel(
     dv1 = tl.zeros([BLOCK_N, BLOCK_D1], tl.float32)
     dv2 = tl.zeros([BLOCK_N, BLOCK_D2], tl.float32)
 
-    # Chunk i sees keys [i*cs - reach, (i+1)*cs): the key block is seen by chunks j0 // cs .. (j_last + reach) // cs.
-    reach = 0
-    if CONTEXT_GRAD:
-        reach = context_size
-    j_last = tl.minimum(j0 + BLOCK_N, N) - 1
-    row_lo = (j0 // chunk_size) * chunk_size
-    row_hi = tl.minimum(((j_last + reach) // chunk_size + 1) * chunk_size, N)
-    q_base = Q + b * sq_b + h * sq_h
-    do_base = DO + b * sdo_b + h * sdo_h
+    row_hi = tl.minimum((c_last + 1) * chunk_size, N)
+    q_base = head_base(Q, b, h, sq_b, sq_h, ALIGN)
+    do_base = head_base(DO, b, h, sdo_b, sdo_h, ALIGN)
     stat_base = (b * H + h) * N
-    for m0 in range(row_lo, row_hi, BLOCK_M):
+    for m0 in range(c_first * chunk_size, row_hi, BLOCK_M):
         rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        chunk_start = (rows // chunk_size) * chunk_size
-        visible = (
-            col_mask[:, None]
-            & (rows < N)[None, :]
-            & (cols[:, None] >= chunk_start[None, :] - reach)
-            & (cols[:, None] < chunk_start[None, :] + chunk_size)
-        )
         dk1, dk2, dv1, dv2 = dkdv_queries(
-            k1, k2, v1, v2, dk1, dk2, dv1, dv2, q_base, do_base, rows * sq_n, rows * sdo_n,
-            LSE + stat_base, DELTA + stat_base, rows, visible, qk_scale,
+            k1, k2, v1, v2, dk1, dk2, dv1, dv2, q_base, do_base,
+            rows_at(rows, sq_n, ALIGN), rows_at(rows, sdo_n, ALIGN),
+            LSE + stat_base, DELTA + stat_base, rows, rows < row_hi, qk_scale,
             HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
 
-    dk_off = b * sdk_b + h * sdk_h + cols * sdk_n
-    dv_off = b * sdv_b + h * sdv_h + cols * sdv_n
+    dk_off = row_offsets(b, h, cols, sdk_b, sdk_h, sdk_n, ALIGN)
+    dv_off = row_offsets(b, h, cols, sdv_b, sdv_h, sdv_n, ALIGN)
     store_split(DK, dk_off, col_mask, dk1 * sm_scale, dk2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     store_split(DV, dv_off, col_mask, dv1, dv2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(configs=autotune_configs(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["SPLITS"], prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["SPLITS"])
 @triton.jit
 def _bwd_dglobal_kernel(
     Q, GK, GV, DO, LSE, DELTA, DGK, DGV,
     sq_b, sq_n, sq_h, sgk_b, sgk_n, sgk_h, sgv_b, sgv_n, sgv_h, sdo_b, sdo_n, sdo_h,
     N, H, G, group, qk_scale, sm_scale, SPLITS, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Partial dglobal_k/v of one global key block from split ``program_id(2)`` of its group's queries.
 
@@ -230,8 +275,8 @@ def _bwd_dglobal_kernel(
     h = (pid_bh % H).to(tl.int64)
     cols = (pid_g * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     col_mask = cols < G
-    k_off = bg * sgk_b + h * sgk_h + cols * sgk_n
-    v_off = bg * sgv_b + h * sgv_h + cols * sgv_n
+    k_off = row_offsets(bg, h, cols, sgk_b, sgk_h, sgk_n, ALIGN)
+    v_off = row_offsets(bg, h, cols, sgv_b, sgv_h, sgv_n, ALIGN)
     k1, k2 = load_split(GK, k_off, col_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     v1, v2 = load_split(GV, v_off, col_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     dk1 = tl.zeros([BLOCK_N, BLOCK_D1], tl.float32)
@@ -247,12 +292,12 @@ def _bwd_dglobal_kernel(
     for item in range(first, last):
         b = bg * group + item // q_blocks
         rows = ((item % q_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        visible = col_mask[:, None] & (rows < N)[None, :]
         stat_base = (b * H + h) * N
         dk1, dk2, dv1, dv2 = dkdv_queries(
             k1, k2, v1, v2, dk1, dk2, dv1, dv2,
-            Q + b * sq_b + h * sq_h, DO + b * sdo_b + h * sdo_h, rows * sq_n, rows * sdo_n,
-            LSE + stat_base, DELTA + stat_base, rows, visible, qk_scale,
+            head_base(Q, b, h, sq_b, sq_h, ALIGN), head_base(DO, b, h, sdo_b, sdo_h, ALIGN),
+            rows_at(rows, sq_n, ALIGN), rows_at(rows, sdo_n, ALIGN),
+            LSE + stat_base, DELTA + stat_base, rows, rows < N, qk_scale,
             HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
 
@@ -285,7 +330,7 @@ def forward(q, k, v, global_k, global_v, chunk_size: int, context_size: int, sof
         q, k, v, gk, gv, o, lse,
         *bnh_strides(q), *bnh_strides(k), *bnh_strides(v), *bnh_strides(gk), *bnh_strides(gv), *bnh_strides(o),
         N, H, G, group, chunk_size, context_size, softmax_scale * LOG2E, shape_bucket(chunk_size, context_size, G),
-        HAS_GLOBALS=G > 0, **head_meta(q),
+        HAS_GLOBALS=G > 0, **head_meta(q, k, v, gk, gv, o),
     )
     return o, lse
 
@@ -307,8 +352,8 @@ def backward(
     if dlse is not None:
         delta = delta - dlse
     delta = delta.contiguous()
-    meta = head_meta(q)
     dq, dk, dv = (core.new_output(t.shape, t.dtype, t.device) for t in (q, k, v))
+    meta = head_meta(q, k, v, gk, gv, do, dq, dk, dv)
     qk_scale = softmax_scale * LOG2E
     bucket = shape_bucket(chunk_size, context_size, G)
 
@@ -321,7 +366,12 @@ def backward(
         N, H, G, group, chunk_size, context_size, qk_scale, softmax_scale, bucket,
         HAS_GLOBALS=G > 0, **meta,
     )
-    _bwd_dkdv_kernel[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](
+    reach = context_size if context_grad else 0
+
+    def dkdv_grid(m):
+        return (triton.cdiv(N, chunk_size) * key_blocks_per_chunk(chunk_size, reach, m["BLOCK_N"]), B * H)
+
+    _bwd_dkdv_kernel[dkdv_grid](
         q, k, v, do, lse, delta, dk, dv,
         *bnh_strides(q), *bnh_strides(k), *bnh_strides(v), *bnh_strides(do), *bnh_strides(dk), *bnh_strides(dv),
         N, H, G, chunk_size, context_size, qk_scale, softmax_scale, bucket,
@@ -339,7 +389,7 @@ def backward(
     _bwd_dglobal_kernel[lambda m: (triton.cdiv(G, m["BLOCK_N"]), Bg * H, splits)](
         q, gk, gv, do, lse, delta, partial[0], partial[1],
         *bnh_strides(q), *bnh_strides(gk), *bnh_strides(gv), *bnh_strides(do),
-        N, H, G, group, qk_scale, softmax_scale, splits, bucket, **meta,
+        N, H, G, group, qk_scale, softmax_scale, splits, bucket, **head_meta(q, gk, gv, do, partial[0]),
     )
     dgk, dgv = (partial[i].sum(dim=0).to(q.dtype) for i in range(2))  # fixed order: deterministic
     return dq, dk, dv, dgk, dgv

@@ -18,25 +18,30 @@ import triton.language as tl
 from ..layout import ChunkLayout
 from . import attention_core as core
 from .attention_core import (
-    LN2_C,
     LOG2E,
-    LOG2E_C,
-    PRUNE,
     attend_keys,
-    autotune_configs,
     bnh_strides,
     dkdv_queries,
     dq_keys,
+    finish_rows,
+    head_base,
     head_meta,
+    row_offsets,
+    rows_at,
+    load_lse2,
     load_split,
     num_splits,
     shape_bucket,
     store_split,
+    tuning,
 )
 
-# As in chunk_attention.py: untuned; tiles below 64x64 are for fp32 inputs.
-_FWD_OPTIONS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 2), (32, 64, 4, 2)]
-_BWD_OPTIONS = [(64, 64, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2)]
+# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, checked as in chunk_attention.py.
+# Left out after measuring: forward 64x128 on 4 warps (sm_90 D=72: 8 B of spills), dq 64x128 on 8 warps
+# (sm_80 D=72/96: 40-104 B), dk/dv 64x128 on 8 warps and 64x64 on 4 warps (sm_80 D=72..128: 8-72 B).
+_FWD_OPTIONS = {2: [(64, 64, 4, 3), (128, 64, 8, 3)], 4: [(32, 64, 4, 2)]}
+_BWD_DQ_OPTIONS = {2: [(64, 64, 4, 3), (64, 32, 4, 3)], 4: [(32, 64, 4, 2)]}
+_BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 3), (16, 64, 4, 3)], 4: [(32, 64, 4, 2)]}
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "SPLITS", "TUNE_BUCKET"]
 
 
@@ -54,14 +59,14 @@ def _split_range(num_keys, SPLITS, BLOCK_N: tl.constexpr):
     return start, tl.minimum(start + per_split, num_keys)
 
 
-@triton.autotune(configs=autotune_configs(_FWD_OPTIONS), key=_AUTOTUNE_KEY, prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_FWD_OPTIONS), key=_AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     GQ, K, V, O, LSE,
     sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_s, so_b, so_n, so_h, sl_s, sl_b, sl_h,
     G, H, num_keys, tokens_per_frame, stride, offset, qk_scale, SPLITS, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """O / LSE: the output (``so_s = 0``) or fp32 per-split partials ``[S, ...]``; LSE natural log."""
     pid_m = tl.program_id(0)
@@ -71,36 +76,37 @@ def _fwd_kernel(
     h = (pid_bh % H).to(tl.int64)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_mask = rows < G
-    q_off = b * sq_b + h * sq_h + rows * sq_n
+    q_off = row_offsets(b, h, rows, sq_b, sq_h, sq_n, ALIGN)
     q1, q2 = load_split(GQ, q_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc1 = tl.zeros([BLOCK_M, BLOCK_D1], tl.float32)
     acc2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
+    k_base = head_base(K, b, h, sk_b, sk_h, ALIGN)
+    v_base = head_base(V, b, h, sv_b, sv_h, ALIGN)
     start, stop = _split_range(num_keys, SPLITS, BLOCK_N)
     for t0 in range(start, stop, BLOCK_N):
         t = t0 + tl.arange(0, BLOCK_N)
         seq = keyframe_rows(t, tokens_per_frame, stride, offset).to(tl.int64)
         m_i, l_i, acc1, acc2 = attend_keys(
-            q1, q2, m_i, l_i, acc1, acc2, k_base, v_base, seq * sk_n, seq * sv_n, t < stop, qk_scale,
+            q1, q2, m_i, l_i, acc1, acc2, k_base, v_base, rows_at(seq, sk_n, ALIGN), rows_at(seq, sv_n, ALIGN),
+            t < stop, qk_scale,
             HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
-    l_safe = tl.where(l_i > 0, l_i, 1.0)  # a split without keys stores o = 0, lse = -inf
-    o_off = pid_s * so_s + b * so_b + h * so_h + rows * so_n
-    store_split(O, o_off, row_mask, acc1 / l_safe[:, None], acc2 / l_safe[:, None], HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
-    tl.store(LSE + pid_s * sl_s + b * sl_b + h * sl_h + rows, (m_i + tl.log2(l_safe)) * LN2_C, mask=row_mask)
+    o1, o2, lse = finish_rows(m_i, l_i, acc1, acc2)  # a split without keys stores o = 0, lse = -inf
+    o_off = pid_s * so_s + row_offsets(b, h, rows, so_b, so_h, so_n, ALIGN)
+    store_split(O, o_off, row_mask, o1, o2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
+    tl.store(LSE + pid_s * sl_s + b * sl_b + h * sl_h + rows, lse, mask=row_mask)
 
 
-@triton.autotune(configs=autotune_configs(_BWD_OPTIONS), key=_AUTOTUNE_KEY, prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_BWD_DQ_OPTIONS), key=_AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     GQ, K, V, DO, LSE, DELTA, DQ,
     sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, sdo_b, sdo_n, sdo_h, sdq_s, sdq_b, sdq_n, sdq_h,
     G, H, num_keys, tokens_per_frame, stride, offset, qk_scale, sm_scale, SPLITS, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """DQ: the gradient (``sdq_s = 0``) or fp32 per-split partials ``[S, B, G, H, D]``."""
     pid_m = tl.program_id(0)
@@ -110,30 +116,31 @@ def _bwd_dq_kernel(
     h = (pid_bh % H).to(tl.int64)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_mask = rows < G
-    q_off = b * sq_b + h * sq_h + rows * sq_n
-    do_off = b * sdo_b + h * sdo_h + rows * sdo_n
+    q_off = row_offsets(b, h, rows, sq_b, sq_h, sq_n, ALIGN)
+    do_off = row_offsets(b, h, rows, sdo_b, sdo_h, sdo_n, ALIGN)
     q1, q2 = load_split(GQ, q_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     do1, do2 = load_split(DO, do_off, row_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     stat_off = (b * H + h) * G + rows
-    lse2 = tl.load(LSE + stat_off, mask=row_mask, other=0.0) * LOG2E_C
+    lse2 = load_lse2(LSE, stat_off, row_mask)
     delta = tl.load(DELTA + stat_off, mask=row_mask, other=0.0)
     dq1 = tl.zeros([BLOCK_M, BLOCK_D1], tl.float32)
     dq2 = tl.zeros([BLOCK_M, BLOCK_D2], tl.float32)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
+    k_base = head_base(K, b, h, sk_b, sk_h, ALIGN)
+    v_base = head_base(V, b, h, sv_b, sv_h, ALIGN)
     start, stop = _split_range(num_keys, SPLITS, BLOCK_N)
     for t0 in range(start, stop, BLOCK_N):
         t = t0 + tl.arange(0, BLOCK_N)
         seq = keyframe_rows(t, tokens_per_frame, stride, offset).to(tl.int64)
         dq1, dq2 = dq_keys(
-            q1, q2, do1, do2, lse2, delta, dq1, dq2, k_base, v_base, seq * sk_n, seq * sv_n, t < stop,
+            q1, q2, do1, do2, lse2, delta, dq1, dq2, k_base, v_base, rows_at(seq, sk_n, ALIGN),
+            rows_at(seq, sv_n, ALIGN), t < stop,
             qk_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
-    dq_off = pid_s * sdq_s + b * sdq_b + h * sdq_h + rows * sdq_n
+    dq_off = pid_s * sdq_s + row_offsets(b, h, rows, sdq_b, sdq_h, sdq_n, ALIGN)
     store_split(DQ, dq_off, row_mask, dq1 * sm_scale, dq2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(configs=autotune_configs(_BWD_OPTIONS), key=_AUTOTUNE_KEY, prune_configs_by=PRUNE)
+@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dkdv_kernel(
     GQ, K, V, DO, LSE, DELTA, DK, DV,
@@ -141,7 +148,7 @@ def _bwd_dkdv_kernel(
     sdk_b, sdk_n, sdk_h, sdv_b, sdv_n, sdv_h,
     G, H, num_keys, tokens_per_frame, stride, offset, qk_scale, sm_scale, SPLITS, TUNE_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr, HAS_D2: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGN: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -150,27 +157,27 @@ def _bwd_dkdv_kernel(
     t = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     key_mask = t < num_keys
     seq = keyframe_rows(t, tokens_per_frame, stride, offset).to(tl.int64)
-    k_off = b * sk_b + h * sk_h + seq * sk_n
-    v_off = b * sv_b + h * sv_h + seq * sv_n
+    k_off = row_offsets(b, h, seq, sk_b, sk_h, sk_n, ALIGN)
+    v_off = row_offsets(b, h, seq, sv_b, sv_h, sv_n, ALIGN)
     k1, k2 = load_split(K, k_off, key_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     v1, v2 = load_split(V, v_off, key_mask, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     dk1 = tl.zeros([BLOCK_N, BLOCK_D1], tl.float32)
     dk2 = tl.zeros([BLOCK_N, BLOCK_D2], tl.float32)
     dv1 = tl.zeros([BLOCK_N, BLOCK_D1], tl.float32)
     dv2 = tl.zeros([BLOCK_N, BLOCK_D2], tl.float32)
-    q_base = GQ + b * sq_b + h * sq_h
-    do_base = DO + b * sdo_b + h * sdo_h
+    q_base = head_base(GQ, b, h, sq_b, sq_h, ALIGN)
+    do_base = head_base(DO, b, h, sdo_b, sdo_h, ALIGN)
     stat_base = (b * H + h) * G
     for m0 in range(0, G, BLOCK_M):
         rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        visible = key_mask[:, None] & (rows < G)[None, :]
         dk1, dk2, dv1, dv2 = dkdv_queries(
-            k1, k2, v1, v2, dk1, dk2, dv1, dv2, q_base, do_base, rows * sq_n, rows * sdo_n,
-            LSE + stat_base, DELTA + stat_base, rows, visible, qk_scale,
+            k1, k2, v1, v2, dk1, dk2, dv1, dv2, q_base, do_base,
+            rows_at(rows, sq_n, ALIGN), rows_at(rows, sdo_n, ALIGN),
+            LSE + stat_base, DELTA + stat_base, rows, rows < G, qk_scale,
             HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2, PRECISION,
         )
-    dk_off = b * sdk_b + h * sdk_h + seq * sdk_n
-    dv_off = b * sdv_b + h * sdv_h + seq * sdv_n
+    dk_off = row_offsets(b, h, seq, sdk_b, sdk_h, sdk_n, ALIGN)
+    dv_off = row_offsets(b, h, seq, sdv_b, sdv_h, sdv_n, ALIGN)
     store_split(DK, dk_off, key_mask, dk1 * sm_scale, dk2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
     store_split(DV, dv_off, key_mask, dv1, dv2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
@@ -205,13 +212,14 @@ def forward(gq, k, v, tokens_per_frame, keyframe_stride, keyframe_offset, softma
     _fwd_kernel[lambda m: (triton.cdiv(G, m["BLOCK_M"]), B * H, S)](
         gq, k, v, o_s, lse_s,
         *bnh_strides(gq), *bnh_strides(k), *bnh_strides(v), *o_s.stride()[:4], *lse_s.stride()[:3],
-        G, H, *kf, softmax_scale * LOG2E, S, shape_bucket(G, kf[0]), **head_meta(gq),
+        G, H, *kf, softmax_scale * LOG2E, S, shape_bucket(G, kf[0]), **head_meta(gq, k, v, o_s),
     )
     if S == 1:
         return o, lse
-    # Merge the splits by their log-sum-exp (a split may hold no key: lse = -inf, weight 0).
+    # Merge the splits by their log-sum-exp (a split may hold no key: lse = -inf, weight 0; a row
+    # without any key of finite logit keeps o = 0, lse = -inf).
     lse = torch.logsumexp(lse_s, dim=0)
-    weight = torch.exp(lse_s - lse)  # [S, B, H, G]
+    weight = torch.exp(lse_s - torch.where(torch.isneginf(lse), 0.0, lse))  # [S, B, H, G]
     o = (o_s * weight.permute(0, 1, 3, 2).unsqueeze(-1)).sum(0)
     return o.to(gq.dtype), lse
 
@@ -227,7 +235,6 @@ def backward(do, dlse, gq, k, v, o, lse, tokens_per_frame, keyframe_stride, keyf
     if dlse is not None:
         delta = delta - dlse
     delta = delta.contiguous()
-    meta = head_meta(gq)
     qk_scale = softmax_scale * LOG2E
     S = splits or _splits(gq, num_keys)
     if S == 1:
@@ -235,6 +242,9 @@ def backward(do, dlse, gq, k, v, o, lse, tokens_per_frame, keyframe_stride, keyf
         dq_s = dq.unsqueeze(0)
     else:
         dq_s = core.new_output((S, B, G, H, D), torch.float32, gq.device)
+    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
+    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
+    meta = head_meta(gq, k, v, do, dq_s, dk, dv)
     _bwd_dq_kernel[lambda m: (triton.cdiv(G, m["BLOCK_M"]), B * H, S)](
         gq, k, v, do, lse, delta, dq_s,
         *bnh_strides(gq), *bnh_strides(k), *bnh_strides(v), *bnh_strides(do), *dq_s.stride()[:4],
@@ -242,8 +252,6 @@ def backward(do, dlse, gq, k, v, o, lse, tokens_per_frame, keyframe_stride, keyf
     )
     if S > 1:
         dq = dq_s.sum(0).to(gq.dtype)
-    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
     _bwd_dkdv_kernel[lambda m: (triton.cdiv(num_keys, m["BLOCK_N"]), B * H)](
         gq, k, v, do, lse, delta, dk, dv,
         *bnh_strides(gq), *bnh_strides(k), *bnh_strides(v), *bnh_strides(do), *bnh_strides(dk), *bnh_strides(dv),

@@ -1,0 +1,1 @@
+"""Reference kernels the project's own kernels are measured against (compiled, not shipped)."""
