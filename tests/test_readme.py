@@ -91,7 +91,7 @@ def test_every_frame_count_says_video_or_latent():
     unnamed = [
         f"line {number}: {line.strip()}"
         for number, line in enumerate(README.splitlines(), 1)
-        for match in re.finditer(r"(?<![\w-])frames?\b", line, re.I)  # not --frames, keyframe, frames_per_latent
+        for match in re.finditer(r"(?<![\w.-])frames?\b", line, re.I)  # not --frames, .frames, keyframe, frames_per_latent
         if not re.search(r"\b(video|latent)\s+$", line[: match.start()], re.I)
     ]
     assert not unnamed, "say 'video frames' or 'latent frames':\n" + "\n".join(unnamed)
@@ -101,7 +101,7 @@ def test_readme_api_example_runs(capsys):
     (example,) = _code_blocks(_section("API"), "python")
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert "torch.Size([1, 72, 2, 64])" in printed and "cuda:" in printed
+    assert "torch.Size([1, 72, 2, 64])" in printed and "torch.Size([1, 2, 72, 64])" in printed and "sdpa: available" in printed
 
 
 def test_readme_model_example_runs_and_agrees_with_the_flops_table(capsys):
