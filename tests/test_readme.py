@@ -116,3 +116,10 @@ def test_readme_model_example_runs_and_agrees_with_the_flops_table(capsys):
     if not rows:
         pytest.skip(f"README's results have no flops row for {latent} latent frames")
     assert {p for _, p in rows} == {percent}, f"the example prints {percent}% for {latent} latent frames, the table says {rows}"
+
+
+def test_readme_diffusers_example_runs(capsys):
+    pytest.importorskip("diffusers")
+    (example,) = _code_blocks(_section("Diffusers video transformers (`vin.diffusers`)"), "python")
+    exec(compile(example, "README.md", "exec"), {})
+    assert "torch.Size([1, 16, 8, 4, 4]) torch.Size([1, 16, 25, 4, 4])" in capsys.readouterr().out
