@@ -265,11 +265,11 @@ def test_bad_arguments_raise_clear_errors(named_case, build, generator):
     model = build(named_case("wan2.1"))
     with pytest.raises(TypeError, match="transformer must be one of"):
         vd.chunked_attention(torch.nn.Linear(2, 2), chunk=2)
-    with pytest.raises(ValueError, match="chunk must be >= 1"):
+    with pytest.raises(ValueError, match=r"chunk \(latent frames\) must be >= 1"):
         vd.chunked_attention(model, chunk=0)
-    with pytest.raises(TypeError, match="chunk must be an int"):
+    with pytest.raises(TypeError, match=r"chunk \(latent frames\) must be an int"):
         vd.chunked_attention(model, chunk=2.0)
-    with pytest.raises(ValueError, match="context must be >= 0"):
+    with pytest.raises(ValueError, match=r"context \(latent frames\) must be >= 0"):
         vd.chunked_attention(model, chunk=2, context=-1)
     with pytest.raises(TypeError, match="global_tokens must be"):
         vd.chunked_attention(model, chunk=2, global_tokens=torch.zeros(3))

@@ -104,7 +104,7 @@ def test_bad_arguments_raise_clear_errors(named_case, build, generator):
     model = build(named_case("wan2.1"))
     with pytest.raises(ValueError, match="overlap must be smaller than window"):
         vd.LongVideo(model, window=4, overlap=4)
-    with pytest.raises(TypeError, match="window must be an int"):
+    with pytest.raises(TypeError, match=r"window \(latent frames\) must be an int"):
         vd.LongVideo(model, window=4.5, overlap=1)
     with pytest.raises(TypeError, match="fuse_until must be None or a timestep"):
         vd.LongVideo(model, window=4, overlap=1, fuse_until="early")

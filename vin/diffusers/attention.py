@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Sequence
-from numbers import Integral
 
 import torch
 
 import vin_kernels
 from vin_kernels import ChunkLayout
+from vin_kernels.checks import check_int
 
 from ._families import FAMILIES, VideoInputs, bind_forward, family_of
 
@@ -33,11 +33,8 @@ def supported_transformers() -> tuple[str, ...]:
 
 
 def _require_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int (latent frames), got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum} latent frames, got {value}")
-    return int(value)
+    """A size in latent frames: :func:`vin_kernels.checks.check_int`, the message naming the unit."""
+    return check_int(f"{name} (latent frames)", value, minimum)
 
 
 class _ChunkedState:
