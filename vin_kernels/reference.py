@@ -32,14 +32,18 @@ def _attend(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor
         q: ``[B, H, M, D]`` in the compute dtype.
         keys, values: lists of ``[B, H, K_j, D]`` in the compute dtype.
     Returns:
-        ``o [B, H, M, D]`` and ``lse [B, H, M]`` (natural log).
+        ``o [B, H, M, D]`` and ``lse [B, H, M]`` (natural log). A row without a key of finite logit
+        (every logit -inf, e.g. overflowed) has no keys: ``o = 0``, ``lse = -inf`` and no gradient
+        (docs/design.md, Edge cases); a NaN or +inf logit gives NaN.
     """
     k = torch.cat(keys, dim=2)
     v = torch.cat(values, dim=2)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    scores = scores.masked_fill(empty, 0.0)  # keeps exp(-inf - -inf) = NaN out of the row and its gradient
     lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.unsqueeze(-1))
-    return torch.matmul(probs, v), lse
+    probs = torch.exp(scores - lse.unsqueeze(-1)).masked_fill(empty, 0.0)
+    return torch.matmul(probs, v), lse.masked_fill(empty.squeeze(-1), float("-inf"))
 
 
 def _query_blocks(start: int, stop: int, rows_budget: int):

@@ -49,12 +49,15 @@ def test_nan_key_reaches_only_the_gradients_of_queries_that_see_it(N, chunk, con
     q, k, v, g = (torch.randn(1, N, 2, D, generator=gen) for _ in range(4))
     k[0, 20, 1] = float("nan")
     results = {}
-    for backend in ("reference", "triton"):
+    for backend in ("reference", "triton", "sdpa"):
         leaves = _leaves(q, k, v)
         o, _ = _chunk(*leaves, backend, chunk_size=chunk, context_size=context, context_grad=context_grad)
         loss = (o * g.to(DEVICE)).sum() + 0.5 * (o * o).sum()
         results[backend] = [o, *torch.autograd.grad(loss, leaves)]
-    for name, got, want in zip(["o", "dq", "dk", "dv"], results["triton"], results["reference"]):
+    fast = [(backend, name, got, want) for backend in ("triton", "sdpa")
+            for name, got, want in zip(["o", "dq", "dk", "dv"], results[backend], results["reference"])]  # fmt: skip
+    for backend, name, got, want in fast:
+        name = f"{backend} {name}"
         got, want = got.detach().cpu(), want.detach().cpu()
         nan_got, nan_want = torch.isnan(got).any(-1), torch.isnan(want).any(-1)
         assert torch.equal(nan_got, nan_want), (
@@ -67,7 +70,7 @@ def test_nan_key_reaches_only_the_gradients_of_queries_that_see_it(N, chunk, con
 
 
 # ------------------------------------------------------------------------------------ point 12
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "sdpa"])
 def test_merge_of_two_empty_sides_has_zero_gradients(backend):
     """Rows with ``lse_a = lse_b = -inf`` give o = 0, lse = -inf and zero (not NaN) gradients (issue 13.12)."""
     gen = torch.Generator().manual_seed(12)
@@ -86,7 +89,7 @@ def test_merge_of_two_empty_sides_has_zero_gradients(backend):
         assert torch.isfinite(grad).all(), f"{name}: not finite at {(~torch.isfinite(grad)).nonzero().tolist()[:4]}"
     assert (grads[0][:, 2] == 0).all() and (grads[2][:, 2] == 0).all()
     assert (grads[1][:, :, 2] == 0).all() and (grads[3][:, :, 2] == 0).all()
-    if backend == "triton":  # and equal to the reference's
+    if backend != "reference":  # and equal to the reference's
         ref_leaves = _leaves(o_a, lse_a, o_b, lse_b)
         o_r, lse_r = vk.merge_attention(*ref_leaves, backend="reference")
         lse_r = torch.where(torch.isneginf(lse_r), 0.0, lse_r)
@@ -119,8 +122,14 @@ def test_chunk_row_with_all_logits_overflowing_has_no_keys():
     dq, dk, dv = torch.autograd.grad((o * g.to(DEVICE)).sum(), leaves)
     assert torch.equal(o[0, row].cpu(), torch.zeros(2, D)) and torch.isneginf(lse[0, :, row]).all()
     assert torch.equal(dq[0, row].cpu(), torch.zeros(2, D))
-    _, lse_ref = _chunk(*_leaves(q, k, v), "reference", chunk_size=16, context_size=8)
-    assert torch.isneginf(lse_ref[0, :, row]).all()
+    for backend in ("reference", "sdpa"):  # o = 0 everywhere; lse = -inf in the reference (sdpa: PyTorch's value)
+        ref_leaves = _leaves(q, k, v)
+        o_b, lse_b = _chunk(*ref_leaves, backend, chunk_size=16, context_size=8)
+        dq_b = torch.autograd.grad((o_b * g.to(DEVICE)).sum(), ref_leaves)[0]
+        assert torch.equal(o_b[0, row].cpu(), torch.zeros(2, D)), backend
+        assert torch.equal(dq_b[0, row].cpu(), torch.zeros(2, D)), backend
+        assert torch.isfinite(dq_b).all(), backend
+        assert backend == "sdpa" or torch.isneginf(lse_b[0, :, row]).all()
 
     q0, g0 = q.clone(), g.clone()
     q0[0, row] = 0.0
