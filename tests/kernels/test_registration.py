@@ -2,7 +2,7 @@
 
 The custom ops are ``vin_kernels::chunk_attention``, ``chunk_attention_backward``,
 ``global_attention``, ``global_attention_backward``, ``merge_attention``, ``overlap_fuse_triton`` and
-``overlap_fuse_cuda`` (tested in test_overlap_fuse_kernels.py). Their real kernels are the Triton ones (on a machine without a CUDA device they run in the Triton CPU
+``overlap_fuse_cuda`` (tested in test_overlap_fuse.py). Their real kernels are the Triton ones (on a machine without a CUDA device they run in the Triton CPU
 interpreter, see ``conftest.py``), so every problem here is tiny: head dim 32, a dozen tokens.
 
 * ``torch.library.opcheck`` runs the schema, fake-tensor, autograd-registration and

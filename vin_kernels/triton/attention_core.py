@@ -30,13 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import triton_interpreted
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # The same constants for use inside @triton.jit code (plain globals are not visible there).
 LOG2E_C = tl.constexpr(LOG2E)
 LN2_C = tl.constexpr(LN2)
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so the kernels' mode is fixed at import.
+INTERPRETED = triton_interpreted()
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
