@@ -96,6 +96,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "the CPU kernels and model suites take those up to 512 unless --frames is given)",
     )  # fmt: skip
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--full-matrix", action="store_true",
+        help="static suite: every Triton kernel option x head dim x {bf16, fp16, fp32} x {sm_90, sm_80} (default: a stated subset)",
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"%(prog)s {vin_kernels.__version__}")
     return parser
 
@@ -165,7 +169,7 @@ def main(argv=None, prog: str | None = None) -> int:
     env = describe([*prog.split(), *(argv if argv is not None else sys.argv[1:])])
     ctx = Context(
         device=device, quick=args.quick, video_frames=args.frames or DEFAULT_VIDEO_FRAMES,
-        frames_given=args.frames is not None, progress=_progress(),
+        frames_given=args.frames is not None, full_matrix=args.full_matrix, progress=_progress(),
     )  # fmt: skip
     ctx.ceilings = measure_ceilings(device)
     result = {"schema": SCHEMA_VERSION, "environment": env, "ceilings": ctx.ceilings, "quick": args.quick, "suites": {}}

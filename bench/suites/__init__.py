@@ -15,6 +15,7 @@ class Context:
     device: torch.device
     quick: bool
     video_frames: tuple[int, ...]
+    full_matrix: bool = False  # --full-matrix: the static suite compiles every dtype x arch x head dim
     frames_given: bool = False  # --frames was given (CPU suites then run every length, not only the default range)
     ceilings: dict | None = None
     progress: Callable = field(default=lambda iterable, **_: iterable)  # tqdm-like wrapper

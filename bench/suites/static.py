@@ -26,7 +26,7 @@ One compile takes 1.5-3 s on a 2-core CPU. Results are cached per compiled kerne
 ``$XDG_CACHE_HOME/vin-kernels/static`` (``~/.cache`` by default; ``VIN_BENCH_STATIC_CACHE``
 overrides), keyed by the kernel's source hash (Triton's ``JITFunction.cache_key``, which covers
 every ``@triton.jit`` function it calls), its specialization, options, target and the Triton version.
-The default run covers :data:`DEFAULT_MATRIX`; ``VIN_BENCH_STATIC=full`` compiles :data:`FULL_MATRIX`,
+The default run covers :data:`DEFAULT_MATRIX`; ``--full-matrix`` (or ``VIN_BENCH_STATIC=full``) compiles :data:`FULL_MATRIX`,
 ``--quick`` only :data:`QUICK_MATRIX`.
 """
 
@@ -445,7 +445,7 @@ def problems(row: dict) -> list[str]:
 
 
 def run(ctx: Context) -> dict:
-    if os.environ.get("VIN_BENCH_STATIC") == "full":
+    if ctx.full_matrix or os.environ.get("VIN_BENCH_STATIC") == "full":
         name, matrix = "full", FULL_MATRIX
     elif ctx.quick:
         name, matrix = "quick", QUICK_MATRIX
