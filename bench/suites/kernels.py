@@ -447,8 +447,9 @@ def markdown(result: dict) -> str:
 
 def _cpu_markdown(result: dict) -> str:
     """CPU: wall-clock medians and ratios only (no device ceiling is claimed on a CPU)."""
+    runs = max((len(r["times_ms"]) for r in result["rows"] if "times_ms" in r), default=0)
     lines = [
-        f"CPU, {result['dtype']}, {result['threads']} threads: median wall-clock ms of 5 runs after a warm-up "
+        f"CPU, {result['dtype']}, {result['threads']} threads: median wall-clock ms of {runs} runs after a warm-up "
         "(p20-p80 in brackets). *vs full* = time / SDPA full attention over the whole sequence (the work "
         "chunking replaces); *vs Flex* = time / FlexAttention compiled with the same mask (forward only: "
         "FlexAttention has no CPU backward); *speed-up* = fastest same-work baseline / vin_kernels.",

@@ -15,6 +15,8 @@ step time per latent frame, and the peak resident memory above the pre-step leve
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import threading
 import time
@@ -37,11 +39,31 @@ def supported(device: torch.device) -> bool:
     return True
 
 
+def _glibc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 class RssSampler:
-    """Peak resident set size above the level at entry, sampled every ``interval`` s (Linux /proc)."""
+    """Peak resident set size above the level at entry, sampled every ``interval`` s (Linux /proc).
+
+    glibc keeps freed heap memory resident, so a mode measured after a bigger one would show no
+    growth. :meth:`track_live_memory` makes every allocation of 1 MiB or more an mmap that is
+    returned on free (measured: a 256 MiB tensor raises RSS by 256 MiB, its deletion lowers it back),
+    and each measurement starts from ``malloc_trim(0)``.
+    """
+
+    M_MMAP_THRESHOLD = -3
 
     def __init__(self, interval: float = 0.005):
         self.interval, self.peak = interval, 0
+
+    @classmethod
+    def track_live_memory(cls) -> bool:
+        libc = _glibc()
+        return bool(libc and libc.mallopt(cls.M_MMAP_THRESHOLD, 1 << 20))
 
     @staticmethod
     def rss() -> int:
@@ -49,6 +71,9 @@ class RssSampler:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self):
+        libc = _glibc()
+        if libc is not None:
+            libc.malloc_trim(0)
         self.base = self.rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -119,9 +144,8 @@ def _setup(preset, mode: str, frames: int):
     return (preset.context_layout(frames) if mode == "vin_context" else preset.window_layout(frames)), True
 
 
-def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool) -> dict:
-    device = ctx.device
-    frames = latent_frames(video_frames)
+def _step(preset, model, net_vin, mode: str, frames: int, device):
+    """``(step, layout, with_vin, text)``: one DDIM step of ``mode`` on a random ``frames``-frame video."""
     layout, with_vin = _setup(preset, mode, frames)
     dit = preset.dit
     text = torch.randn(1, dit.text_len, dit.text_dim, device=device)
@@ -134,13 +158,21 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
     def step():
         return vin.sampling.denoise_step(model, step_vin, state, text, 980, 960, layout, fuse=layout.is_windows, schedule=schedule)
 
+    return step, layout, with_vin, text
+
+
+def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool) -> dict:
+    device = ctx.device
+    frames = latent_frames(video_frames)
+    step, layout, with_vin, text = _step(preset, model, net_vin, mode, frames, device)
+    step_vin = net_vin if with_vin else None
     row = {"mode": mode, "video_frames": video_frames, "latent_frames": frames, "layout": repr(layout)}
     row["flops_per_step"] = vin.flops.step_flops(preset, frames, None if mode == "full" else layout, with_vin=with_vin).total
     gpu = device.type == "cuda"
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
     warmup, iters = ((1, 3) if ctx.quick else (2, 10)) if gpu else ((1, 3) if ctx.quick else (1, 5))
-    with NvmlSampler(device) if gpu else RssSampler() as sampler:
+    with NvmlSampler(device) if gpu else contextlib.nullcontext() as sampler:
         times = measure(step, device, warmup=warmup, iters=iters)
     row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
     row["step_ms_per_latent_frame"] = row["step_median_ms"] / frames
@@ -148,8 +180,6 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
         row["peak_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         row |= sampler.report()
         row["step_tflops"] = row["flops_per_step"] / (row["step_median_ms"] * 1e-3) / 1e12
-    else:
-        row["peak_rss_growth_bytes"] = sampler.peak
     if sample:
         generator = torch.Generator(device=device).manual_seed(0)
         sync(device)
@@ -201,10 +231,26 @@ def run(ctx: Context) -> dict:
         if gpu:
             torch.cuda.empty_cache()
     _flop_ratios(rows)
+    live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows)
     return {
         "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps,
-        "threads": torch.get_num_threads(), "device_kind": device.type, "rows": rows,
+        "threads": torch.get_num_threads(), "device_kind": device.type, "rss_tracks_live_memory": live_memory, "rows": rows,
     }  # fmt: skip
+
+
+def _cpu_memory(preset, model, net_vin, rows: list[dict]) -> bool:
+    """After all timings (mmapping every large allocation slows a step down ~2.5x): one step per row
+    under :class:`RssSampler`, its peak RSS growth into ``peak_rss_growth_bytes``. False when glibc's
+    mallopt is unavailable (the growth then undercounts what earlier steps left in the heap)."""
+    live = RssSampler.track_live_memory()
+    device = torch.device("cpu")
+    for row in rows:
+        if "step_median_ms" in row:
+            step = _step(preset, model, net_vin, row["mode"], row["latent_frames"], device)[0]
+            with RssSampler() as sampler:
+                step()
+            row["peak_rss_growth_bytes"] = sampler.peak
+    return live
 
 
 def markdown(result: dict) -> str:
@@ -235,10 +281,12 @@ def markdown(result: dict) -> str:
 
 
 def _cpu_markdown(result: dict) -> str:
+    runs = max((len(r["step_times_ms"]) for r in result["rows"] if "step_times_ms" in r), default=0)
     lines = [
         f"One DDIM step of the {result['preset']} preset on a CPU ({result['dtype']}, random weights, batch 1, "
-        f"{result['threads']} threads): median wall-clock ms of 5 steps after a warm-up (p20-p80 in brackets), "
-        "the same per latent frame, and the peak resident memory above the pre-step level. *time / full* and "
+        f"{result['threads']} threads): median wall-clock ms of {runs} steps after a warm-up (p20-p80 in brackets), "
+        "the same per latent frame, and the peak resident memory above the pre-step level (allocations of 1 MiB "
+        "and more mmapped, so freed memory leaves the resident set). *time / full* and "
         "*FLOPs / full* compare with full attention at the same length (full attention: the same DiT with one "
         "chunk and no VIN, on the same sdpa backend).",
         "",
