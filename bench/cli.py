@@ -8,7 +8,9 @@ Examples::
     python -m bench.report               # print the README results section from the newest full runs
 
 A suite is a module of :mod:`bench.suites` registered in :data:`SUITES` (one line each) with
-``run(context) -> dict`` and ``markdown(result) -> str``; it may define ``supported(device)``,
+``run(context) -> dict`` and ``markdown(result) -> str``; a suite with an ``OPT_IN`` reason string
+runs only when named with ``--suite``, ``files(result, out, stem)`` may write extra files (images);
+it may define ``supported(device)``,
 returning True when it can run on ``device`` or else a short reason (``"needs a CUDA GPU"``). A suite
 without ``supported`` runs on any device.
 """
@@ -34,6 +36,7 @@ from .suites import flops as flops_suite
 from .suites import kernels as kernels_suite
 from .suites import model as model_suite
 from .suites import parallel as parallel_suite
+from .suites import quality as quality_suite
 from .suites import static as static_suite
 
 # The suites, in run order (see the module docstring for what a suite module provides).
@@ -42,6 +45,7 @@ SUITES = {
     "kernels": kernels_suite,
     "model": model_suite,
     "parallel": parallel_suite,
+    "quality": quality_suite,
     "static": static_suite,
 }
 
@@ -155,6 +159,9 @@ def main(argv=None, prog: str | None = None) -> int:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     suites = []
     for name in args.suites:
+        if args.suite == "all" and getattr(SUITES[name], "OPT_IN", None):
+            print(f"skipping the {name} suite (opt-in: --suite {name}): {SUITES[name].OPT_IN}", file=sys.stderr)
+            continue
         reason = unsupported_reason(name, device)
         if reason is None:
             suites.append(name)
@@ -202,6 +209,10 @@ def write(result: dict, out: Path, plots_too: bool = True) -> list[Path]:
         if plots_too and (path := plots.plot(name, body, out / f"{stem}-{name}.png")) is not None:
             sections.append(f"![{name}]({path.name})")
             written.append(path)
+        if (files := getattr(SUITES[name], "files", None)) is not None:  # a suite's own extra files (images)
+            for path in files(body, out, f"{stem}-{name}"):
+                sections.append(f"![{path.stem}]({path.name})")
+                written.append(path)
     text = "\n\n".join(sections) + "\n"
     written.insert(1, out / f"{stem}.md")
     written[1].write_text(text)

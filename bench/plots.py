@@ -139,7 +139,39 @@ def kernels_figure(result: dict):
     return fig
 
 
-FIGURES = {"flops": flops_figure, "kernels": kernels_figure, "model": model_figure}
+def quality_figure(result: dict):
+    """The ablation: MAWE, identity drift and scene-cut rate per variant (mean, standard error bars;
+    the generated ground truth as a dashed line), and each model's training loss."""
+    plt = _pyplot()
+    rows = [r for r in result["rows"] if r.get("mawe") is not None]
+    if plt is None or not rows:
+        return None
+    data_row = next((r for r in rows if r["variant"] == "data"), None)
+    variants = [r for r in rows if r["variant"] != "data"]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    for ax, (key, title) in zip(axes, [("mawe", "MAWE (lower is better)"), ("drift", "identity drift (lower)"), ("cut_rate", "scene-cut rate (lower)")]):
+        values = [r[key] if r[key] is not None else float("nan") for r in variants]
+        errors = [r.get(f"{key}_sem") or 0.0 for r in variants]
+        ax.bar(range(len(variants)), values, yerr=errors, color=plt.get_cmap("tab10")(range(len(variants))), capsize=3)
+        if data_row is not None and data_row.get(key) is not None:
+            ax.axhline(data_row[key], color="k", linestyle="--", linewidth=1, label="generated data")
+            ax.legend(fontsize=FONT_SIZE)
+        ax.set_xticks(range(len(variants)), [r["variant"] for r in variants], rotation=30, ha="right", fontsize=FONT_SIZE)
+        ax.set_title(title, fontsize=FONT_SIZE + 1)
+        ax.tick_params(axis="y", labelsize=FONT_SIZE)
+    ax = axes[-1]
+    steps = result.get("train", {}).get("steps", 1)
+    for model, curve in result.get("losses", {}).items():
+        ax.plot([steps * (i + 0.5) / len(curve) for i in range(len(curve))], curve, label=model)
+    ax.set(yscale="log", title="training loss (smoothed)", xlabel="training step")
+    ax.legend(fontsize=FONT_SIZE)
+    ax.tick_params(labelsize=FONT_SIZE)
+    fig.suptitle(f"{result['preset']} preset: the paper's ablation at toy scale", fontsize=FONT_SIZE + 2)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"flops": flops_figure, "kernels": kernels_figure, "model": model_figure, "quality": quality_figure}
 
 
 def plot(suite: str, result: dict, path: Path) -> Path | None:

@@ -22,7 +22,14 @@ from pathlib import Path
 from .schema import validate
 
 BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
-TITLES = {"flops": "FLOPs: VIN vs full attention", "kernels": "Kernels vs the best baselines", "model": "Model: VIN vs full attention"}
+TITLES = {
+    "flops": "FLOPs: VIN vs full attention",
+    "kernels": "Kernels vs the best baselines",
+    "model": "Model: VIN vs full attention",
+    "parallel": "Chunk-parallel sampling: bytes moved and speed-up",
+    "static": "Static report: the compiled GPU code",
+    "quality": "The method at toy scale: the paper's ablation",
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,9 +73,9 @@ def render(results: dict[str, tuple[Path, dict]], readme_dir: Path) -> str:
             f"### {TITLES.get(suite, suite)}\n\n{env['device']}, commit `{env['commit']}`, {env['timestamp'][:10]}; "
             f"`{env['command']}` ([raw results]({link})).\n\n{SUITES[suite].markdown(result['suites'][suite])}"
         )
-        plot = path.with_name(f"{path.stem}-{suite}.png")
-        if plot.exists():
-            parts.append(f"![{suite}]({Path(os.path.relpath(plot, readme_dir)).as_posix()})")
+        for plot in (path.with_name(f"{path.stem}-{suite}.png"), path.with_name(f"{path.stem}-{suite}-strip.png")):
+            if plot.exists():
+                parts.append(f"![{plot.stem}]({Path(os.path.relpath(plot, readme_dir)).as_posix()})")
     missing = [TITLES.get(s, s) for s in SUITES if s not in results]
     if missing:
         parts.append(f"Not measured yet: {'; '.join(missing)} (`python -m bench`; on a GPU machine `bash bench/gpu_check.sh`).")

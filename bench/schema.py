@@ -25,12 +25,13 @@ ROW_FIELDS = {
     "kernels": {"op": str, "shape": str, "pass": str, "impl": str, "kind": str, "times_ms": list, "median_ms": float},
     "model": {"mode": str, "video_frames": int, "step_times_ms": list, "step_median_ms": float},
     "parallel": {"kind": str, "layout": str, "ranks": int, "latent_frames": int},
+    "quality": {"variant": str, "description": str, "layout": str},
     "static": {"kernel": str, "head_dim": int, "dtype": str, "arch": str, "config": str, "registers": int,
                "spill_bytes": int, "shared_bytes": int, "tensor_core": str, "async_copy": str, "resident_warps": int,
                "problems": list},
 }
 ERROR_ROW_FIELDS = {"flops": (), "kernels": ("op", "shape", "pass", "impl"), "model": ("mode", "video_frames"),
-                    "parallel": ("kind", "layout", "ranks"), "static": ("kernel", "head_dim", "dtype", "arch", "config")}
+                    "parallel": ("kind", "layout", "ranks"), "quality": ("variant",), "static": ("kernel", "head_dim", "dtype", "arch", "config")}
 
 
 def _check(errors: list[str], where: str, value, kind) -> None:

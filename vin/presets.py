@@ -12,7 +12,7 @@ from .config import DiTConfig, VINConfig
 from .dit import VideoDiT
 from .interface import VIN
 
-__all__ = ["Preset", "paper", "cpu", "tiny"]
+__all__ = ["Preset", "paper", "cpu", "quality", "tiny"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,17 @@ def cpu() -> Preset:
     dit = DiTConfig(in_channels=4, height=12, width=20, patch=2, hidden=384, depth=4, heads=6, text_dim=384, text_len=32)
     vin = VINConfig(num_global_tokens=128, dim=384, depth=2, heads=6)
     return Preset(dit, vin, chunk=20, context=8, window=32, overlap=12, t_alpha=20, steps=50)
+
+
+def quality() -> Preset:
+    """Small enough to train in minutes on a 2-core CPU (the ``quality`` bench suite, :mod:`vin.train`):
+    16x16 latents of :mod:`vin.data` in 4x4 patches (16 tokens per latent frame), width 96, 4 blocks of 3
+    heads (head dim 32), no text (a zero embedding of width 8); VIN: 16 global tokens of width 96,
+    1 block, a keyframe every 5th latent frame. Chunks of 8 latent frames with 4 of context in
+    training; windows of 12 latent frames overlapping by 4 at inference, fusion while step > 20 of 50."""
+    dit = DiTConfig(in_channels=4, height=16, width=16, patch=4, hidden=96, depth=4, heads=3, text_dim=8, text_len=1)
+    vin = VINConfig(num_global_tokens=16, dim=96, depth=1, heads=3)
+    return Preset(dit, vin, chunk=8, context=4, window=12, overlap=4, t_alpha=20, steps=50)
 
 
 def tiny() -> Preset:

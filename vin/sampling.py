@@ -11,7 +11,10 @@ from .diffusion import DiffusionSchedule
 from .dit import VideoDiT
 from .interface import VIN
 
-__all__ = ["sample", "denoise_step", "video_of"]
+__all__ = ["sample", "denoise_step", "video_of", "FUSION_MODES"]
+
+# When overlapping windows are fused (the paper's ablation): see sample().
+FUSION_MODES = ("early", "late", "none")
 
 
 def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
@@ -83,6 +86,7 @@ def sample(
     steps: int = 50,
     eta: float = 0.0,
     t_alpha: int = 20,
+    fusion: str = "early",
     generator: torch.Generator,
     schedule: DiffusionSchedule | None = None,
     progress: bool = False,
@@ -95,7 +99,12 @@ def sample(
     * Window layout (the paper's inference): the state is the windows. While the step number is
       above ``t_alpha`` the overlapping windows' noise predictions are blended and the DDIM update
       applied by one :func:`vin_kernels.overlap_fuse` call per step (early fusion); afterwards each
-      window evolves on its own and the final video is the blend of the windows.
+      window evolves on its own and the final video is the blend of the windows. ``fusion`` picks
+      other schedules for the ablation: ``"late"`` lets the windows evolve on their own while the
+      step number is above ``t_alpha`` and fuses them from then on (their blend is the state when
+      fusion starts); ``"none"`` never fuses and takes every frame of the final video from the
+      window that owns it (:meth:`ChunkLayout.owned_frames`), as if each chunk were sampled alone
+      (beside the VIN, which still reads the blend of the windows). Context layouts ignore it.
     * Context layout (the cheaper variant): the video is never duplicated; each chunk sees the
       context frames before it, and the DDIM update runs on the whole video. For full attention
       use ``ChunkLayout.full(F)`` with ``vin=None``.
@@ -105,6 +114,8 @@ def sample(
     """
     if not isinstance(layout, ChunkLayout):
         raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.full(F) for full attention), got {layout!r}")
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
     schedule = schedule or DiffusionSchedule()
     cfg = model.cfg
     like = torch.empty((), device=text.device, dtype=torch.float32)
@@ -117,11 +128,17 @@ def sample(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=steps, desc="sampling")
-    fuse = layout.is_windows
+    fuse, diverged = layout.is_windows, False
     for i, t in iterator:
-        fuse = layout.is_windows and steps - i > t_alpha  # early fusion: step numbers steps .. t_alpha + 1
+        early = steps - i > t_alpha  # step numbers steps .. t_alpha + 1
+        fuse = layout.is_windows and (early if fusion == "early" else not early if fusion == "late" else False)
+        if fuse and diverged:  # late fusion starts: the windows' copies of a frame differ, blend them
+            state, diverged = layout.cut_windows(vin_kernels.overlap_fuse(state, layout)), False
+        diverged = diverged or (layout.is_windows and not fuse)
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         state = denoise_step(
             model, vin, state, text, t, t_prev, layout, fuse=fuse, schedule=schedule, eta=eta, generator=generator
         )
+    if layout.is_windows and fusion == "none":
+        return layout.owned_frames(state)
     return video_of(state, layout, fused=fuse)
