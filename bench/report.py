@@ -71,7 +71,7 @@ def render(results: dict[str, tuple[Path, dict]], readme_dir: Path) -> str:
         link = Path(os.path.relpath(path, readme_dir)).as_posix()
         parts.append(
             f"### {TITLES.get(suite, suite)}\n\n{env['device']}, commit `{env['commit']}`, {env['timestamp'][:10]}; "
-            f"`{env['command']}` ([raw results]({link})).\n\n{SUITES[suite].markdown(result['suites'][suite])}"
+            f"`{env['command']}` ([raw results]({link})).\n\n{getattr(SUITES[suite], 'readme_markdown', SUITES[suite].markdown)(result['suites'][suite])}"
         )
         for plot in (path.with_name(f"{path.stem}-{suite}.png"), path.with_name(f"{path.stem}-{suite}-strip.png")):
             if plot.exists():

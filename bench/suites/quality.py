@@ -167,7 +167,7 @@ def run(ctx: Context) -> dict:
         "preset": "quality" + (" (quick)" if ctx.quick else ""),
         "train": dataclasses.asdict(settings),
         "eval": {"videos": videos, "frames": frames, "sampling_steps": preset.steps, "t_alpha": preset.t_alpha,
-                 "flow": "OpenCV Farneback on the decoded RGB frames, 4x upsampled"},
+                 "flow": "OpenCV Farneback on the RGB images of the latent frames, 4x upsampled"},
         "threads": {"parallel_processes": len(jobs) if parallel else 1, "per_process": results[0]["threads"]},
         "total_seconds": time.perf_counter() - start,
         "rows": rows,
@@ -228,9 +228,9 @@ def markdown(result: dict) -> str:
         f"{train['clip_frames']} latent frames, seed {train['seed']}) per model; {ev['videos']} sampled videos of "
         f"{ev['frames']} latent frames per variant ({ev['sampling_steps']} DDIM steps, t_alpha {ev['t_alpha']}); "
         f"mean ± standard error over the videos. MAWE: {ev['flow']} (lower is better; *motion* in latent px "
-        f"per frame: a frozen video has MAWE 0). Drift: object-colour Chamfer distance between consecutive "
-        f"chunks (*first-last*: first vs last chunk). Cuts: fraction of chunk borders with a frame-difference "
-        f"spike (*inside*: spikes inside chunks). Whole run: {result['total_seconds'] / 60:.1f} min, "
+        f"per latent frame: a frozen video has MAWE 0). Drift: object-colour Chamfer distance between consecutive "
+        f"chunks (*first-last*: first vs last chunk). Cuts: fraction of chunk borders with a spike of the difference "
+        f"between consecutive latent frames (*inside*: spikes inside chunks). Whole run: {result['total_seconds'] / 60:.1f} min, "
         f"{result['threads']['parallel_processes']} process(es) x {result['threads']['per_process']} thread(s).",
         "",
         "| variant | MAWE ↓ | motion | drift ↓ | drift first-last ↓ | cuts ↓ | cuts inside | final loss | train s | sample s |",

@@ -394,8 +394,6 @@ def compile_rows(kernel: Kernel, head_dim: int, dtype: str, arch: str) -> list[d
 
 
 def _worker_init() -> None:
-    # Kernel modules read TRITON_INTERPRET when they are imported: these workers compile, never interpret.
-    os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
 
 
@@ -413,11 +411,20 @@ def compile_matrix(jobs, workers: int | None = None, progress=lambda it, **_: it
     """Compile every job in ``workers`` processes (default: one per CPU); rows in job order."""
     workers = workers or os.cpu_count() or 1
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        pending = [pool.submit(compile_rows, *job) for job in jobs]
-        for _ in zip(futures.as_completed(pending), progress(range(len(pending)), desc="static")):
-            pass
-        return [row for future in pending for row in future.result()]
+    # The workers compile, never interpret. Kernel modules read TRITON_INTERPRET when they are
+    # imported, which a spawned worker does while unpickling its first job (before any initializer):
+    # the variable must be absent from the environment the workers start with (under pytest,
+    # tests/conftest.py sets it, and every compile failed with an empty AssertionError).
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            pending = [pool.submit(compile_rows, *job) for job in jobs]
+            for _ in zip(futures.as_completed(pending), progress(range(len(pending)), desc="static")):
+                pass
+            return [row for future in pending for row in future.result()]
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
 
 
 def problems(row: dict) -> list[str]:
@@ -499,7 +506,8 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, brief: bool = False) -> str:
+    """The report; ``brief``: up to the worst-case table (what the README shows)."""
     rows = result["rows"]
     bad = [r for r in rows if r["problems"]]
     lines = [
@@ -519,6 +527,8 @@ def markdown(result: dict) -> str:
         "",
         summary(rows),
     ]
+    if brief:
+        return "\n".join(lines + ["", "Every option, one row each: the raw results' markdown."])
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["arch"], r["dtype"]), []).append(r)
@@ -531,3 +541,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['kernel']} | {r['head_dim'] or '-'} | {r.get('config', '')} | " + " | ".join(_cell(r))
                          + " |")
     return "\n".join(lines)
+
+
+def readme_markdown(result: dict) -> str:
+    """The README's part of the report: :func:`markdown` without the per-option tables."""
+    return markdown(result, brief=True)
