@@ -358,22 +358,26 @@ def test_gradients_match_reference(backend, layout_key, feat, dtype, with_x, out
     if x is not None:
         x.requires_grad_(True)
         inputs.append(x)
-    out = _run(backend, eps, layout, x, out_windows)
+    _check_gradients(_run(backend, eps, layout, x, out_windows), inputs, layout, out_windows, tolerance(dtype))
+
+
+def _check_gradients(out, inputs, layout, out_windows, tol):
+    """``out`` (from ``inputs = [eps]`` or ``[eps, x]``) and its gradients for a random upstream gradient,
+    against the reference's autograd in float64."""
     g = torch.randn_like(out)
     grads = torch.autograd.grad((out * g).sum(), inputs)
-
     inputs64 = [t.detach().cpu().double().requires_grad_(True) for t in inputs]
+    with_x = len(inputs) == 2
     x64 = inputs64[1] if with_x else None
     ref = reference.overlap_fuse(
         inputs64[0], layout, x=x64, coeffs=COEFFS if with_x else None, out_windows=out_windows
     )
     ref_grads = torch.autograd.grad((ref * g.detach().cpu().double()).sum(), inputs64)
-
-    assert_close(out, ref, tolerance(dtype), "output")
+    assert_close(out, ref, tol, "output")
     for name, grad, ref_grad, t in zip(("grad eps", "grad x"), grads, ref_grads, inputs):
         assert grad.dtype == t.dtype and grad.device == t.device, name
         assert tuple(grad.shape) == tuple(t.shape), name
-        assert_close(grad, ref_grad, tolerance(dtype), name)
+        assert_close(grad, ref_grad, tol, name)
 
 
 # =========================================================================================== Triton property test
@@ -606,19 +610,7 @@ def test_op_backward_matches_reference(layout_key, x_form, out_windows):
     a, b = COEFFS if with_x else NO_COEFFS
     inputs = [eps.requires_grad_(True)] + ([x.requires_grad_(True)] if with_x else [])
     out = TRITON_OP(eps, *_table(layout, eps.device), x, a, b, out_windows)
-    g = torch.randn_like(out)
-    grads = torch.autograd.grad((out * g).sum(), inputs)
-
-    inputs64 = [t.detach().cpu().double().requires_grad_(True) for t in inputs]
-    x64 = inputs64[1] if with_x else None
-    ref = reference.overlap_fuse(
-        inputs64[0], layout, x=x64, coeffs=COEFFS if with_x else None, out_windows=out_windows
-    )
-    ref_grads = torch.autograd.grad((ref * g.detach().cpu().double()).sum(), inputs64)
-    assert_close(out, ref, tolerance(torch.float32), "output")
-    for name, grad, ref_grad in zip(("grad eps", "grad x"), grads, ref_grads):
-        assert grad.dtype == torch.float32, name
-        assert_close(grad, ref_grad, tolerance(torch.float32), name)
+    _check_gradients(out, inputs, layout, out_windows, tolerance(torch.float32))
 
 
 def test_triton_op_under_torch_compile():
