@@ -9,7 +9,9 @@
    thread each, same seed (the videos must be bitwise equal), runs alternating: per run the median
    step time (two processes: the slower rank's, step by step) and the sample's wall time; over the
    runs their median and their best (other work on the shared machine only ever slows a run down;
-   the 1-minute load average before and after shows how much there was).
+   the 1-minute load average before and after shows how much there was). Beside them the machine's
+   own ceiling: two processes that each sample half the video alone (:func:`vin.sample`, no
+   communication), timed the same way; the two-process speedup is also given as a share of it.
 3. ``model`` (a model, not a measurement): the paper preset at 1024 and 4096 video frames on 8 and
    64 GPUs, bytes per step from the plan (whose counts equal the measured ones in part 1), FLOPs per
    rank from :mod:`vin.flops`, beside what a Ulysses step moves; and the VIN read as an all-gather
@@ -109,15 +111,16 @@ def _timed_steps(step_seconds: list[float]):
     return timed
 
 
-def _speed_job(name: str) -> dict:
-    """One timed sample (SPEED_FRAMES frames, SPEED_STEPS steps): vin.sample alone, vin.parallel.sample in a group."""
+def _speed_job(name: str, halves: bool = False) -> dict:
+    """One timed sample (SPEED_STEPS steps): vin.sample of SPEED_FRAMES frames alone, vin.parallel.sample
+    of them in a group, or (``halves``) vin.sample of half of them on each rank, without communication."""
     preset = vin.presets.tiny()
     model, net_vin = _nets(preset)
-    layout = _layout(preset, name, SPEED_FRAMES)
+    layout = _layout(preset, name, SPEED_FRAMES // 2 if halves else SPEED_FRAMES)
     stats = parallel.SampleStats()
     args = dict(layout=layout, steps=SPEED_STEPS, t_alpha=SPEED_T_ALPHA, generator=torch.Generator().manual_seed(2))
     start = time.perf_counter()
-    if dist.get_world_size() == 1:
+    if dist.get_world_size() == 1 or halves:
         vin.sampling.denoise_step = _timed_steps(stats.step_seconds)
         video = vin.sample(model, net_vin, _text(preset), **args)
     else:
@@ -160,33 +163,37 @@ def _speed_rows(quick: bool) -> list[dict]:
         return []
     rows = []
     for name in LAYOUTS:
-        runs = {1: [], 2: []}
+        # processes, halves: one process; two (vin.parallel); two sampling half the video each (the ceiling)
+        setups = ((1, False), (2, False), (2, True))
+        runs = {setup: [] for setup in setups}
         load_before = os.getloadavg()[0]
-        for _ in range(SPEED_REPEATS):  # alternate, so slow phases of other work hit both
-            for ranks in (1, 2):
-                runs[ranks].append(parallel.launch(_speed_job, ranks, (name,), backend="gloo", threads=1))
+        for _ in range(SPEED_REPEATS):  # alternate, so slow phases of other work hit all
+            for ranks, halves in setups:
+                runs[ranks, halves].append(parallel.launch(_speed_job, ranks, (name, halves), backend="gloo", threads=1))
         load_after = os.getloadavg()[0]
-        reference = runs[1][0][0]["video"]
-        equal = all(torch.equal(rank["video"], reference) for r in runs[1] + runs[2] for rank in r)
+        reference = runs[1, False][0][0]["video"]
+        equal = all(torch.equal(rank["video"], reference) for r in runs[1, False] + runs[2, False] for rank in r)
         measured = {}
-        for ranks, repeats in runs.items():
-            measured[ranks] = {
+        for setup, repeats in runs.items():
+            measured[setup] = {
                 # per run: the median over steps of the slowest rank (a step ends for all at its last exchange)
                 "step_ms": [statistics.median(1e3 * max(s) for s in zip(*(rank["step_seconds"] for rank in r))) for r in repeats],
                 "sample_seconds": [max(rank["seconds"] for rank in r) for r in repeats],
             }
-        base = {key: (statistics.median(v), min(v)) for key, v in measured[1].items()}
-        for ranks, m in measured.items():
+        base = {key: (statistics.median(v), min(v)) for key, v in measured[1, False].items()}
+        for (ranks, halves), m in measured.items():
             step, sample = (statistics.median(m["step_ms"]), min(m["step_ms"])), (statistics.median(m["sample_seconds"]), min(m["sample_seconds"]))
             rows.append({
-                "kind": "speed", "layout": name, "ranks": ranks, "latent_frames": SPEED_FRAMES, "preset": "tiny",
-                "dtype": "float32", "threads_per_process": runs[ranks][0][0]["threads"], "steps": SPEED_STEPS,
+                "kind": "speed", "layout": name, "ranks": ranks, "halves_alone": halves, "latent_frames": SPEED_FRAMES, "preset": "tiny",
+                "dtype": "float32", "threads_per_process": runs[ranks, halves][0][0]["threads"], "steps": SPEED_STEPS,
                 "t_alpha": SPEED_T_ALPHA, "step_ms": m["step_ms"], "sample_seconds": m["sample_seconds"],
                 "step_ms_median": step[0], "step_ms_best": step[1], "sample_seconds_median": sample[0], "sample_seconds_best": sample[1],
                 "step_speedup_median": base["step_ms"][0] / step[0], "step_speedup_best": base["step_ms"][1] / step[1],
                 "sample_speedup_median": base["sample_seconds"][0] / sample[0], "sample_speedup_best": base["sample_seconds"][1] / sample[1],
-                "bitwise_equal": equal, "load_average_before": load_before, "load_average_after": load_after,
+                "bitwise_equal": None if halves else equal, "load_average_before": load_before, "load_average_after": load_after,
             })  # fmt: skip
+        ceiling = rows[-1]
+        rows[-2]["step_speedup_share_of_ceiling"] = rows[-2]["step_speedup_median"] / ceiling["step_speedup_median"]
     return rows
 
 
@@ -266,17 +273,21 @@ def markdown(result: dict) -> str:
             "",
             f"One process against two, {s['threads_per_process']} thread each, tiny preset, {s['latent_frames']} latent frames, "
             f"{s['steps']} steps, {len(s['sample_seconds'])} alternating runs each, median / best run "
-            f"({result['cpu_count']} cores shared with other work: see the load average):",
+            f"({result['cpu_count']} cores shared with other work: see the load average). *2, halves alone*: the "
+            "machine's ceiling, two processes each sampling half the video with no communication; *share of "
+            "ceiling*: the median step speedup of vin.parallel over the ceiling's:",
             "",
-            "| layout | processes | step ms | step speedup | sample s | sample speedup | bitwise equal | load avg before → after |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+            "| layout | processes | step ms | step speedup | share of ceiling | sample s | sample speedup | bitwise equal | load avg before → after |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for r in speed:
+            halves = r.get("halves_alone", False)
+            share = f"{100 * r['step_speedup_share_of_ceiling']:.0f}%" if "step_speedup_share_of_ceiling" in r else ""
             lines.append(
-                f"| {r['layout']} | {r['ranks']} | {r['step_ms_median']:.1f} / {r['step_ms_best']:.1f} | "
-                f"{r['step_speedup_median']:.2f}x / {r['step_speedup_best']:.2f}x | {r['sample_seconds_median']:.2f} / "
+                f"| {r['layout']} | {r['ranks']}{', halves alone' if halves else ''} | {r['step_ms_median']:.1f} / {r['step_ms_best']:.1f} | "
+                f"{r['step_speedup_median']:.2f}x / {r['step_speedup_best']:.2f}x | {share} | {r['sample_seconds_median']:.2f} / "
                 f"{r['sample_seconds_best']:.2f} | {r['sample_speedup_median']:.2f}x / {r['sample_speedup_best']:.2f}x | "
-                f"{'yes' if r['bitwise_equal'] else 'NO'} | {r['load_average_before']:.1f} → {r['load_average_after']:.1f} |"
+                f"{'-' if halves else 'yes' if r['bitwise_equal'] else 'NO'} | {r['load_average_before']:.1f} → {r['load_average_after']:.1f} |"
             )
     lines += [
         "",
