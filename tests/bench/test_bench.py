@@ -312,3 +312,26 @@ def test_quick_static_report_compiles_cleanly_under_the_interpreter_env(quick_ru
     compile workers must still compile (they once all failed with an empty AssertionError)."""
     rows = quick_run[1]["suites"]["static"]["rows"]
     assert rows and not [(r["kernel"], r.get("config"), r["problems"]) for r in rows if r["problems"]]
+
+
+def test_parallel_speed_table_shows_the_two_process_ceiling():
+    """The speed rows as the parallel suite writes them: vin.parallel's row carries its share of the
+    ceiling row (two processes sampling half the video alone), which has no equality to claim."""
+    from bench.suites import parallel as parallel_suite
+
+    def speed(ranks, halves, step_ms, **extra):
+        return {
+            "kind": "speed", "layout": "context", "ranks": ranks, "halves_alone": halves, "latent_frames": 640,
+            "threads_per_process": 1, "steps": 16, "sample_seconds": [1.0] * 5, "step_ms_median": step_ms,
+            "step_ms_best": step_ms, "step_speedup_median": 120 / step_ms, "step_speedup_best": 120 / step_ms,
+            "sample_seconds_median": 1.0, "sample_seconds_best": 1.0, "sample_speedup_median": 1.0,
+            "sample_speedup_best": 1.0, "bitwise_equal": None if halves else True, "load_average_before": 0.5,
+            "load_average_after": 0.5, **extra,
+        }  # fmt: skip
+
+    rows = [speed(1, False, 120.0), speed(2, False, 75.0, step_speedup_share_of_ceiling=0.8), speed(2, True, 60.0)]
+    table = parallel_suite.markdown({"rows": rows, "cpu_count": 2})
+    lines = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| context")}
+    assert set(lines) == {"1", "2", "2, halves alone"}
+    assert "| 1.60x / 1.60x | 80% |" in lines["2"] and "| yes |" in lines["2"]
+    assert "| 2.00x / 2.00x |  |" in lines["2, halves alone"] and "| - |" in lines["2, halves alone"]
