@@ -17,6 +17,19 @@ __all__ = ["sample", "denoise_step", "video_of", "FUSION_MODES"]
 FUSION_MODES = ("early", "late", "none")
 
 
+def _check_fusion(fusion: str) -> None:
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+
+
+def _fuses(fusion: str, layout: ChunkLayout, step: int, steps: int, t_alpha: int) -> bool:
+    """Whether step ``step`` (0-based, of ``steps``) blends the windows: the step numbers ``steps`` ..
+    ``t_alpha + 1`` are early; ``"early"`` fuses those, ``"late"`` the others, ``"none"`` none.
+    Context layouts never fuse."""
+    early = steps - step > t_alpha
+    return layout.is_windows and (early if fusion == "early" else not early if fusion == "late" else False)
+
+
 def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
 
@@ -114,8 +127,7 @@ def sample(
     """
     if not isinstance(layout, ChunkLayout):
         raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.full(F) for full attention), got {layout!r}")
-    if fusion not in FUSION_MODES:
-        raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+    _check_fusion(fusion)
     schedule = schedule or DiffusionSchedule()
     cfg = model.cfg
     like = torch.empty((), device=text.device, dtype=torch.float32)
@@ -130,8 +142,7 @@ def sample(
         iterator = tqdm(iterator, total=steps, desc="sampling")
     fuse, diverged = layout.is_windows, False
     for i, t in iterator:
-        early = steps - i > t_alpha  # step numbers steps .. t_alpha + 1
-        fuse = layout.is_windows and (early if fusion == "early" else not early if fusion == "late" else False)
+        fuse = _fuses(fusion, layout, i, steps, t_alpha)
         if fuse and diverged:  # late fusion starts: the windows' copies of a frame differ, blend them
             state, diverged = layout.cut_windows(vin_kernels.overlap_fuse(state, layout)), False
         diverged = diverged or (layout.is_windows and not fuse)

@@ -100,6 +100,8 @@ def test_sample_without_a_process_group_is_a_clear_error():
     model, net_vin = _nets()
     with pytest.raises(ValueError, match="group: torch.distributed is not initialized"):
         parallel.sample(model, net_vin, _text(1), layout=PRESET.window_layout(40), generator=torch.Generator())
+    with pytest.raises(ValueError, match="fusion must be one of"):  # checked before any collective
+        parallel.sample(model, net_vin, _text(1), layout=PRESET.window_layout(40), fusion="mid", generator=torch.Generator())
 
 
 # ------------------------------------------------------------------------------------ context halos
@@ -248,6 +250,8 @@ def _scenarios():
         "context-over-two-ranks": (ChunkLayout.context(12, 4, 6), (0, 1, 2), 1, {}),
         "windows-fused-throughout": (PRESET.window_layout(36), (0, 1, 2), 1, {"t_alpha": 0}),
         "windows-never-fused": (PRESET.window_layout(36), (0, 1, 2), 1, {"t_alpha": STEPS}),
+        "windows-late-fusion-eta": (PRESET.window_layout(40), (0, 1, 2), 1, {"fusion": "late", "eta": 0.5}),
+        "windows-no-fusion-2-ranks": (PRESET.window_layout(40), (0, 1), 1, {"fusion": "none"}),
         "windows-2-ranks-eta-batch-2": (PRESET.window_layout(40), (0, 1), 2, {"eta": 1.0}),  # 3 + 2 windows
         "context-2-ranks": (PRESET.context_layout(44), (0, 1), 1, {}),  # 3 + 3 chunks, the last short
         "windows-1-rank": (PRESET.window_layout(40), (2,), 1, {}),
@@ -332,8 +336,11 @@ def test_measured_bytes_equal_the_plan(spawned, name):
     kinds = stats[0].step_kinds
     assert all(s.step_kinds == kinds for s in stats) and len(kinds) == STEPS
     for i, kind in enumerate(kinds):
-        assert sum(s.step_bytes[i] for s in stats) == predicted[kind], (i, kind)
-    final = predicted["final"] + (predicted.get("final_blend", 0) if kinds[-1] == "independent" else 0)
+        late_fusion_starts = kind == "fused" and i > 0 and kinds[i - 1] == "independent"
+        extra = predicted["fusion_start"] if late_fusion_starts else 0
+        assert sum(s.step_bytes[i] for s in stats) == predicted[kind] + extra, (i, kind)
+    blended = kinds[-1] == "independent" and kwargs.get("fusion") != "none"
+    final = predicted["final"] + (predicted["final_blend"] if blended else 0)
     assert sum(s.final_bytes for s in stats) == final
     if len(ranks) > 1:
         assert all(b > 0 for b in stats[0].step_bytes)
@@ -373,3 +380,10 @@ def test_cli_spawns_ranks_runs_under_torchrun_and_matches_one_process(tmp_path, 
 def test_cli_rejects_more_ranks_than_windows(capsys):
     assert cli.main(["--nproc-per-node", "4", "--preset", "tiny", "--frames", "24", "--layout", "windows", "--seed", "0"]) == 2
     assert "4 ranks for a layout with only 3 windows" in capsys.readouterr().err
+
+
+def test_cli_fusion_applies_to_windows_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--frames", "24", "--layout", "context", "--fusion", "late"])
+    assert "only the windows layout fuses" in capsys.readouterr().err
+    assert cli.parse_args(["--frames", "24", "--layout", "windows", "--fusion", "none"]).fusion == "none"

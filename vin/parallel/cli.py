@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 import vin
 
+from ..sampling import FUSION_MODES
 from .launch import default_backend, init_from_env, launch, under_torchrun
 from .plan import Plan, split
 from .sampling import SampleStats, sample
@@ -42,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="weights, text and noise")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the preset's, 50)")
     parser.add_argument("--t-alpha", type=int, default=None, help="fuse windows while step > t_alpha (default: the preset's, 20)")
+    parser.add_argument(
+        "--fusion", choices=FUSION_MODES, default="early",
+        help="windows: fuse while step > t_alpha (early, the paper's), after it (late) or never (none)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="videos sampled together")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes)")
     parser.add_argument("--backend", choices=("gloo", "nccl"), default=None, help="default: nccl when every rank has a GPU, else gloo")
@@ -55,7 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--nproc-per-node {args.nproc_per_node} disagrees with torchrun's {os.environ.get('LOCAL_WORLD_SIZE')}")
     if args.frames < 1:
         parser.error(f"--frames must be at least 1, got {args.frames}")
+    if args.layout == "context" and args.fusion != "early":
+        parser.error(f"--fusion {args.fusion}: only the windows layout fuses (the context layout never duplicates a frame)")
     return args
+
+
+def _fusion_note(args) -> str:
+    return f", {args.fusion} fusion" if args.layout == "windows" else ""
 
 
 def make_layout(args):
@@ -112,7 +123,7 @@ def run_rank(args) -> dict:
     stats = SampleStats()
     steps, t_alpha = args.steps or preset.steps, preset.t_alpha if args.t_alpha is None else args.t_alpha
     start = time.perf_counter()
-    video = sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=generator, stats=stats)
+    video = sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, fusion=args.fusion, generator=generator, stats=stats)
     seconds = time.perf_counter() - start
     plan = Plan(layout, world, net.keyframe_stride)
     lines = [None] * world
@@ -120,7 +131,7 @@ def run_rank(args) -> dict:
     if rank == 0:
         print(
             f"vin.parallel: {world} ranks ({dist.get_backend()}, {torch.get_num_threads()} threads each), {args.preset} preset, "
-            f"{layout.num_frames} latent frames, {layout!r}, {steps} steps, seed {args.seed}"
+            f"{layout.num_frames} latent frames, {layout!r}, {steps} steps{_fusion_note(args)}, seed {args.seed}"
         )
         for line, _ in lines:
             print(line)
@@ -140,13 +151,13 @@ def run_single(args) -> dict:
     preset, model, net, text, generator, layout = build(args, device)
     steps, t_alpha = args.steps or preset.steps, preset.t_alpha if args.t_alpha is None else args.t_alpha
     start = time.perf_counter()
-    video = vin.sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=generator)
+    video = vin.sample(model, net, text, layout=layout, steps=steps, t_alpha=t_alpha, fusion=args.fusion, generator=generator)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(
         f"vin.sample (one process, {torch.get_num_threads()} threads), {args.preset} preset, {layout.num_frames} latent "
-        f"frames, {layout!r}, {steps} steps, seed {args.seed}"
+        f"frames, {layout!r}, {steps} steps{_fusion_note(args)}, seed {args.seed}"
     )
     print(f"step {seconds / steps * 1e3:.1f} ms mean | sent per step: 0 B")
     print(f"sample {seconds:.2f} s; video {list(video.shape)} float32 checksum: {checksum(video)}")

@@ -225,7 +225,9 @@ class Plan:
         Returns:
             ``{"context"}`` (context mode) or ``{"fused", "independent"}`` (window mode): bytes per
             step; ``"final"``: the one all-gather of the sampled video, plus (window mode, when the
-            last step was independent) ``"final_blend"``: the overlaps exchanged to blend it.
+            last step was independent) ``"final_blend"``: the overlaps exchanged to blend it; and
+            (window mode) ``"fusion_start"``: what the first fused step after independent ones (late
+            fusion) sends in addition, the windows' states of the frames it blends.
         """
         P = self.world
         frame = batch * frame_elements
@@ -246,4 +248,5 @@ class Plan:
             "independent": keyframes + transfers(self.keyframe_transfers(), state_itemsize),
             "final": final,
             "final_blend": transfers(self.final_transfers(), state_itemsize),
+            "fusion_start": transfers(self.fused_step_transfers(), state_itemsize),
         }

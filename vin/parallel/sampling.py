@@ -15,7 +15,7 @@ from vin_kernels import ChunkLayout
 from ..diffusion import DiffusionSchedule
 from ..dit import VideoDiT
 from ..interface import VIN
-from ..sampling import _randn
+from ..sampling import _check_fusion, _fuses, _randn
 from .comm import Communicator
 from .plan import Plan, Transfer
 
@@ -132,6 +132,7 @@ def sample(
     steps: int = 50,
     eta: float = 0.0,
     t_alpha: int = 20,
+    fusion: str = "early",
     generator: torch.Generator,
     schedule: DiffusionSchedule | None = None,
     progress: bool = False,
@@ -157,7 +158,11 @@ def sample(
     * window layout, fused steps: ranks exchange the noise predictions of the frames their windows
       share with a neighbour's, then blend and update with :func:`vin_kernels.overlap_fuse`;
       independent steps exchange the states of the shared keyframes (for the VIN's blended read).
-    * finally each rank's owned frames (:attr:`Shard.owned`) are all-gathered onto every rank.
+      ``fusion`` schedules them as in :func:`vin.sample`; where late fusion starts, the windows'
+      states of the shared frames are exchanged once and blended.
+    * finally each rank's owned frames (:attr:`Shard.owned`) are all-gathered onto every rank (after
+      independent steps blended from the neighbours' windows first, except with ``fusion="none"``,
+      which takes each frame from its owning window).
 
     Numerics: every value a rank computes goes through the same operations, on the same inputs, as
     in one process: the attention over a received context is the same ``chunk_attention`` call on
@@ -171,6 +176,7 @@ def sample(
     """
     if not isinstance(layout, ChunkLayout):
         raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.full(F) for full attention), got {layout!r}")
+    _check_fusion(fusion)
     if stats is not None and not isinstance(stats, SampleStats):
         raise TypeError(f"stats must be a vin.parallel.SampleStats or None, got {type(stats).__name__}")
     schedule = schedule or DiffusionSchedule()
@@ -182,7 +188,7 @@ def sample(
         "the arguments of vin.parallel.sample",
         {
             "layout": repr(layout),
-            "sampling": (steps, eta, t_alpha, repr(schedule)),
+            "sampling": (steps, eta, t_alpha, fusion, repr(schedule)),
             "text": (tuple(text.shape), str(text.dtype), device.type, _digest([text])),
             "model": (repr(model.cfg), None if vin is None else repr(vin.cfg)),
             "weights": _digest([p for net in nets for p in net.parameters()]),
@@ -203,12 +209,16 @@ def sample(
     vin_dtype = vin.tokens.dtype if vin is not None else None
     timesteps = schedule.timesteps(steps)
 
+    fusing = _fuses(fusion, layout, 0, steps, t_alpha)
     if layout.is_windows:
         # Fused steps hold the video (zeros outside this rank's frames), independent steps the rank's windows.
         window_index = torch.tensor(layout.window_frame_index, device=device)
         own_windows = window_index[shard.chunks.start : shard.chunks.stop]
-        state = torch.zeros_like(noise)
-        state[:, frames] = noise[:, frames]
+        if fusing:
+            state = torch.zeros_like(noise)
+            state[:, frames] = noise[:, frames]
+        else:
+            state = noise[:, own_windows]
         fused_plan, keyframe_plan = plan.fused_step_transfers(), plan.keyframe_transfers()
     else:
         state = noise[:, frames]
@@ -221,12 +231,15 @@ def sample(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, total=steps, desc=f"sampling on {comm.world} ranks")
-    fusing = layout.is_windows
     for i, t in iterator:
         start, sent = time.perf_counter(), comm.bytes_sent
-        if fusing and steps - i <= t_alpha:  # early fusion is over: cut the video into windows
-            state = state[:, own_windows]
-            fusing = False
+        fuse = _fuses(fusion, layout, i, steps, t_alpha)
+        if fuse != fusing:
+            if fuse:  # late fusion starts: blend the windows' copies of this rank's frames into the video
+                state = vin_kernels.overlap_fuse(me.window_entries(state, fused_plan), layout)
+            else:  # early fusion is over: cut the video into this rank's windows
+                state = state[:, own_windows]
+            fusing = fuse
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         a, b, sigma = schedule.ddim(t, t_prev, eta)
         t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
@@ -266,9 +279,15 @@ def sample(
             stats.step_bytes.append(comm.bytes_sent - sent)
 
     sent = comm.bytes_sent
-    if layout.is_windows and not fusing:  # blend the windows (as vin.sample does) where this rank owns the frames
-        state = vin_kernels.overlap_fuse(me.window_entries(state, plan.final_transfers()), layout)
-    owned = state[:, torch.tensor(shard.owned, device=device)] if layout.is_windows else state
+    owned_index = torch.tensor(shard.owned, device=device)
+    if layout.is_windows and fusion == "none":  # each frame from the window owning it: one of this rank's
+        owned = layout.owned_frames(me.window_entries(state, ()))[:, owned_index]
+    elif layout.is_windows:
+        if not fusing:  # blend the windows (as vin.sample does) where this rank owns the frames
+            state = vin_kernels.overlap_fuse(me.window_entries(state, plan.final_transfers()), layout)
+        owned = state[:, owned_index]
+    else:
+        owned = state
     result = me.gather_video(owned)
     if stats is not None:
         stats.final_bytes = comm.bytes_sent - sent
