@@ -1,5 +1,6 @@
+"""``python -m bench`` in a checkout: the same as ``python -m vin_bench`` (or ``vin-bench``)."""
 import sys
 
-from .cli import main
+from vin_bench.cli import main
 
 sys.exit(main())

@@ -46,8 +46,8 @@ for step in "${steps[@]}"; do
     sanitize)
       tool=$(sanitizer)
       if [ -z "$tool" ]; then say "sanitize: compute-sanitizer not found"; status=1; continue; fi
-      run memcheck "$tool" --tool memcheck --error-exitcode 3 "$python" -m bench.sanitize
-      run racecheck "$tool" --tool racecheck --error-exitcode 3 "$python" -m bench.sanitize ;;
+      run memcheck "$tool" --tool memcheck --error-exitcode 3 "$python" -m vin_bench.sanitize
+      run racecheck "$tool" --tool racecheck --error-exitcode 3 "$python" -m vin_bench.sanitize ;;
     bench) run bench "$python" -m bench --out "$out/results" ;;
     *) say "unknown step $step (build, tests, alltests, sanitize, bench)"; status=1 ;;
   esac

@@ -16,11 +16,11 @@ import torch
 
 import vin
 import vin_kernels
-from bench import cli, plots, report
-from bench.environment import result_stem
-from bench.schema import validate
-from bench.suites import Context, latent_frames
-from bench.suites import flops as flops_suite
+from vin_bench import cli, plots, report
+from vin_bench.environment import result_stem
+from vin_bench.schema import validate
+from vin_bench.suites import Context, latent_frames
+from vin_bench.suites import flops as flops_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -317,7 +317,7 @@ def test_quick_static_report_compiles_cleanly_under_the_interpreter_env(quick_ru
 def test_parallel_speed_table_shows_the_two_process_ceiling():
     """The speed rows as the parallel suite writes them: vin.parallel's row carries its share of the
     ceiling row (two processes sampling half the video alone), which has no equality to claim."""
-    from bench.suites import parallel as parallel_suite
+    from vin_bench.suites import parallel as parallel_suite
 
     def speed(ranks, halves, step_ms, **extra):
         return {

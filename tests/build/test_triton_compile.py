@@ -20,11 +20,11 @@ import sys
 import pytest
 import torch
 
-from bench.suites import static
+from vin_bench.suites import static
 
 SCRIPT = r"""
 import json, sys
-from bench.suites import static
+from vin_bench.suites import static
 
 archs, dtypes, dims = static.ENFORCED_MATRIX
 kernels = [k for k in static.KERNELS if not k.name.startswith("anchor")]
@@ -90,7 +90,7 @@ def test_problems_names_each_failure():
 
 def test_anchor_computes_attention():
     """The anchor the static report compares against is dense softmax attention (interpreter, fp32)."""
-    from bench.anchors import flash_attention
+    from vin_bench.anchors import flash_attention
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 40, 2, 32, generator=gen) for _ in range(3))

@@ -1,7 +1,7 @@
 """static suite (any machine with the triton package, no GPU): the code a GPU would run, read off the compiler.
 
 Every Triton kernel of vin_kernels, and the dense FlashAttention-2 forward anchor of
-:mod:`bench.anchors.flash_attention`, is compiled for sm_90 (H100/H200) and sm_80 (A100) with
+:mod:`vin_bench.anchors.flash_attention`, is compiled for sm_90 (H100/H200) and sm_80 (A100) with
 ``triton.compile`` exactly as a launch on a GPU would compile it:
 
 * the kernel's own launcher (``vin_kernels.triton.<op>.forward/backward``) is called on meta tensors
@@ -129,7 +129,7 @@ KERNELS = (
     Kernel("merge", "vin_kernels.triton.merge_attention", "_merge_kernel", "merge", uses_dot=False),
     Kernel("overlap_fuse", "vin_kernels.triton.overlap_fuse", "_overlap_fuse_kernel", "overlap_fuse",
            uses_dot=False, per_head_dim=False),
-    Kernel("anchor: dense FA2 fwd", "bench.anchors.flash_attention", "_fwd_kernel", "anchor"),
+    Kernel("anchor: dense FA2 fwd", "vin_bench.anchors.flash_attention", "_fwd_kernel", "anchor"),
 )
 
 
@@ -195,7 +195,7 @@ def _recipe_overlap_fuse(head_dim: int, dtype, variant: dict) -> None:
 
 def _recipe_anchor(head_dim: int, dtype, variant: dict) -> None:
     """The anchor with every tile option the chunk forward may pick for this dtype."""
-    from bench.anchors import flash_attention
+    from vin_bench.anchors import flash_attention
     from vin_kernels.triton import chunk_attention
 
     s = SHAPE

@@ -7,7 +7,7 @@ Examples::
     python -m bench --quick              # a fast pass, written as <device>-<date>-<commit>-quick.*
     python -m bench.report               # print the README results section from the newest full runs
 
-A suite is a module of :mod:`bench.suites` registered in :data:`SUITES` (one line each) with
+A suite is a module of :mod:`vin_bench.suites` registered in :data:`SUITES` (one line each) with
 ``run(context) -> dict`` and ``markdown(result) -> str``; a suite with an ``OPT_IN`` reason string
 runs only when named with ``--suite``, ``files(result, out, stem)`` may write extra files (images);
 it may define ``supported(device)``,
