@@ -12,7 +12,8 @@ A suite is a module of :mod:`vin_bench.suites` registered in :data:`SUITES` (one
 runs only when named with ``--suite``, ``files(result, out, stem)`` may write extra files (images);
 it may define ``supported(device)``,
 returning True when it can run on ``device`` or else a short reason (``"needs a CUDA GPU"``). A suite
-without ``supported`` runs on any device.
+without ``supported`` runs on any device. A suite's own flags come from its ``add_arguments(group)``
+(an argparse argument group titled with the suite's name); it reads them as ``context.options.<name>``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .suites import kernels as kernels_suite
 from .suites import model as model_suite
 from .suites import parallel as parallel_suite
 from .suites import quality as quality_suite
+from .suites import diffusers as diffusers_suite
 from .suites import static as static_suite
 
 # The suites, in run order (see the module docstring for what a suite module provides).
@@ -47,6 +49,7 @@ SUITES = {
     "parallel": parallel_suite,
     "quality": quality_suite,
     "static": static_suite,
+    "diffusers": diffusers_suite,
 }
 
 DESCRIPTION = """\
@@ -105,6 +108,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="static suite: every Triton kernel option x head dim x {bf16, fp16, fp32} x {sm_90, sm_80} (default: a stated subset)",
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"%(prog)s {vin_kernels.__version__}")
+    for name, suite in SUITES.items():
+        if (add_arguments := getattr(suite, "add_arguments", None)) is not None:
+            add_arguments(parser.add_argument_group(f"{name} suite"))
     return parser
 
 
@@ -176,7 +182,7 @@ def main(argv=None, prog: str | None = None) -> int:
     env = describe([*prog.split(), *(argv if argv is not None else sys.argv[1:])])
     ctx = Context(
         device=device, quick=args.quick, video_frames=args.frames or DEFAULT_VIDEO_FRAMES,
-        frames_given=args.frames is not None, full_matrix=args.full_matrix, progress=_progress(),
+        frames_given=args.frames is not None, full_matrix=args.full_matrix, options=args, progress=_progress(),
     )  # fmt: skip
     ctx.ceilings = measure_ceilings(device)
     result = {"schema": SCHEMA_VERSION, "environment": env, "ceilings": ctx.ceilings, "quick": args.quick, "suites": {}}

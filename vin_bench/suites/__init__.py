@@ -18,6 +18,7 @@ class Context:
     full_matrix: bool = False  # --full-matrix: the static suite compiles every dtype x arch x head dim
     frames_given: bool = False  # --frames was given (CPU suites then run every length, not only the default range)
     ceilings: dict | None = None
+    options: object = None  # the parsed command line (argparse.Namespace): suites' own flags (add_arguments)
     progress: Callable = field(default=lambda iterable, **_: iterable)  # tqdm-like wrapper
 
 
