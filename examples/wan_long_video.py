@@ -67,7 +67,9 @@ def main():
     #    own latents of short videos (flow matching), then used for the long video.
     config = vin.VINConfig(num_global_tokens=8, dim=32, depth=1, heads=4, fps=16, frames_per_latent=4)
     adapter = vd.VINAdapter(transformer, config, height=SIZE // 8, width=SIZE // 8)
-    optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-3)
+    # The gate starts at 0 (the adapter changes nothing until trained) and moves by about its learning
+    # rate per Adam step: it trains at 10x the VIN's rate.
+    optimizer = torch.optim.Adam([{"params": adapter.vin.parameters()}, {"params": [adapter.gate], "lr": 3e-2}], lr=3e-3)
     vae = pipe.vae.config
     mean, std = (torch.tensor(v).view(1, -1, 1, 1, 1) for v in (vae.latents_mean, vae.latents_std))
     with torch.no_grad():  # the pipeline's latent space (the VAE's latents, normalized) and text embedding

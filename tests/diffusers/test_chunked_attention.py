@@ -9,11 +9,15 @@ processors under torch.compile give the eager outputs and gradients.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import vin
 import vin.diffusers as vd
+import vin_kernels
 from diffusers.models.transformers import transformer_hunyuan_video, transformer_wan
 
 T = 16  # tokens per latent frame of every case (conftest)
@@ -300,3 +304,51 @@ def test_bad_arguments_raise_clear_errors(named_case, build, generator):
     with vd.chunked_attention(model, chunk=2, global_tokens=[]):
         with pytest.raises(ValueError, match="one \\(global_k, global_v\\) pair per video self-attention \\(2\\)"):
             _sample(model, named_case("wan2.1").inputs(2, generator))
+
+
+def test_bad_backend_or_gate_fails_at_install(named_case, build):
+    """Issue 19.13: a backend name is checked when the tool is installed, not at its first forward."""
+    model = build(named_case("wan2.1"))
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        vd.chunked_attention(model, chunk=2, backend="foo")
+    with pytest.raises(ValueError, match="backend 'cuda' does not implement chunk_attention"):
+        vd.chunked_attention(model, chunk=2, backend="cuda")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        vd.chunked_attention(model, chunk=2, backend=None)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        vd.LongVideo(model, window=4, overlap=1, backend="foo")
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        vd.VINAdapter(model, vin.VINConfig(num_global_tokens=2, dim=8, depth=1, heads=1), height=8, width=8, backend="foo")
+    if not vin_kernels.backends()["triton"].available:
+        with pytest.raises(RuntimeError, match="backend 'triton' is unavailable here"):
+            vd.chunked_attention(model, chunk=2, backend="triton")
+    for gate in (torch.zeros(3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), [0.0, 0.0]):
+        with pytest.raises(TypeError, match=r"global_gate must be None or a float tensor of shape \(2,\) or \(2, 2\)"):
+            vd.chunked_attention(model, chunk=2, global_gate=gate)
+    assert vd.installed(model) == ()  # nothing was left half-installed
+
+
+def test_dropped_handles_are_removed_through_the_transformer(named_case, build, generator):
+    """Issue 19.13: handles dropped without remove() stay installed (their hooks hold them) and block a
+    second install; vin.diffusers.remove(transformer) removes them, after which the model is stock again."""
+    case = named_case("wan2.1")
+    model = build(case)
+    inputs = case.inputs(6, generator)
+    stock = {name: m.processor for name, m in model.named_modules() if hasattr(m, "processor")}
+    with torch.no_grad():
+        ref = _sample(model, inputs)
+        vd.chunked_attention(model, chunk=2)
+        vd.LongVideo(model, window=4, overlap=1)
+        gc.collect()
+        assert [type(h).__name__ for h in vd.installed(model)] == ["ChunkedAttention", "LongVideo"]
+        assert not torch.equal(_sample(model, inputs), ref)
+        with pytest.raises(ValueError, match=r"already installed.*vin.diffusers.remove\(transformer\)"):
+            vd.chunked_attention(model, chunk=3)
+        removed = vd.remove(model)
+        assert [h.installed for h in removed] == [False, False]
+        assert vd.installed(model) == () and vd.remove(model) == ()
+        assert all(stock[name] is m.processor for name, m in model.named_modules() if hasattr(m, "processor"))
+        assert torch.equal(_sample(model, inputs), ref)
+        with vd.chunked_attention(model, chunk=6) as handle:  # installable again
+            assert vd.installed(model) == (handle,)
+            assert torch.equal(_sample(model, inputs), ref)

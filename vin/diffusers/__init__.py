@@ -10,8 +10,12 @@ weights or to the pipeline that calls it:
   piece denoises overlapping windows of latent frames, batched in one transformer call, and blends
   their predictions with :func:`vin_kernels.overlap_fuse`.
 * :class:`VINAdapter` — a :class:`vin.VIN` that reads the keyframes of the noisy latent video and
-  gives every video self-attention of a frozen transformer per-layer global keys/values, trained
-  alone with :meth:`VINAdapter.training_loss`.
+  gives every video self-attention of a frozen transformer per-layer global keys/values through a
+  zero-initialized gate (attached untrained, it changes nothing), trained alone with
+  :meth:`VINAdapter.training_loss`.
+
+:func:`installed` lists the tools installed on a transformer, :func:`remove` removes them all (also
+those whose handle was dropped).
 
 Supported transformers: ``WanTransformer3DModel`` (Wan 2.1, Wan 2.2), ``LTXVideoTransformer3DModel``,
 ``HunyuanVideoTransformer3DModel`` and ``CogVideoXTransformer3DModel``.
@@ -26,6 +30,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "vin.diffusers needs the diffusers package: pip install 'vin-kernels[diffusers]'"
     ) from error
 
+from ._installed import installed, remove
 from .adapter import VINAdapter
 from .attention import ChunkedAttention, VideoInputs, chunked_attention, supported_transformers
 from .long_video import LongVideo
@@ -36,5 +41,7 @@ __all__ = [
     "VINAdapter",
     "VideoInputs",
     "chunked_attention",
+    "installed",
+    "remove",
     "supported_transformers",
 ]

@@ -12,6 +12,7 @@ import vin_kernels
 from vin_kernels import ChunkLayout
 from vin_kernels.checks import check_int
 
+from . import _installed
 from ._families import FAMILIES, VideoInputs, bind_forward, family_of
 
 __all__ = ["ChunkedAttention", "VideoInputs", "chunked_attention", "supported_transformers"]
@@ -20,9 +21,8 @@ __all__ = ["ChunkedAttention", "VideoInputs", "chunked_attention", "supported_tr
 GlobalKV = Sequence[tuple[torch.Tensor, torch.Tensor]]
 GlobalTokens = GlobalKV | Callable[[VideoInputs], GlobalKV] | None
 
-# transformer -> weak reference to its installed handle (one at a time: a second would save ours as the
-# "stock" processors). The value is weak so that a forgotten handle does not keep the transformer alive.
-_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# the vin_kernels ops the processors call (joint models and gated global tokens use all three)
+ATTENTION_OPS = ("chunk_attention", "global_attention", "merge_attention")
 # transformer -> (whole-video arguments, window layout) while vin.diffusers.LongVideo runs a windowed forward
 LONG_VIDEO_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -37,6 +37,26 @@ def _require_int(name: str, value, minimum: int) -> int:
     return check_int(f"{name} (latent frames)", value, minimum)
 
 
+def check_backend(backend, ops: Sequence[str]) -> str:
+    """``backend`` checked when a tool is installed, not at its first forward: ``"auto"``, or a
+    vin_kernels backend that implements every op of ``ops`` and is available on this machine
+    (:func:`vin_kernels.backends`). Whether it suits the tensors' device is checked per call."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend == "auto":
+        return backend
+    statuses = vin_kernels.backends()
+    if backend not in statuses:
+        raise ValueError(f"backend must be 'auto' or one of {tuple(statuses)}, got {backend!r}")
+    status = statuses[backend]
+    missing = [op for op in ops if op not in status.ops]
+    if missing:
+        raise ValueError(f"backend {backend!r} does not implement {', '.join(missing)} (it has: {', '.join(status.ops)})")
+    if not status.available:
+        raise RuntimeError(f"backend {backend!r} is unavailable here: {status.reason}")
+    return backend
+
+
 class _ChunkedState:
     """What the installed processors share: the settings and, per forward, the video's geometry and globals.
 
@@ -45,9 +65,13 @@ class _ChunkedState:
     checkpointing) sees the values of its forward.
     """
 
-    def __init__(self, chunk: int, context: int, context_grad: bool, backend: str, global_tokens: GlobalTokens):
+    def __init__(
+        self, chunk: int, context: int, context_grad: bool, backend: str, global_tokens: GlobalTokens,
+        global_gate: torch.Tensor | None,
+    ):
         self.chunk, self.context, self.context_grad, self.backend = chunk, context, context_grad, backend
         self.global_tokens = global_tokens
+        self.global_gate = global_gate
         self.num_frames: int | None = None
         self.tokens_per_frame: int | None = None
         self.global_kv: GlobalKV | None = None
@@ -99,10 +123,45 @@ class _ChunkedState:
     def video_attention(self, layer: int, q, k, v) -> torch.Tensor:
         """Video queries attend their chunk, its context frames and the layer's global tokens."""
         gk, gv = self._globals(layer, q)
-        return vin_kernels.chunk_attention(
-            q, k, v, global_k=gk, global_v=gv, context_grad=self.context_grad, backend=self.backend,
-            **self._sizes(q.shape[1]),
+        return self._chunks_and_globals(layer, q, k, v, gk, gv, None, None, self._sizes(q.shape[1]))
+
+    def _chunks_and_globals(self, layer: int, q, k, v, gk, gv, shared_k, shared_v, sizes) -> torch.Tensor:
+        """``chunk_attention`` of ``q`` over its chunk window, the ``shared`` keys (a joint model's
+        text) and the layer's global tokens ``gk``/``gv``: one softmax over all of them, or with a
+        ``global_gate`` :meth:`_gated` (the globals' share scaled by the layer's gate)."""
+        gate = None if self.global_gate is None or gk is None or gk.shape[1] == 0 else self.global_gate[layer]
+        if gate is None and gk is not None:
+            if shared_k is not None:
+                shared_k, shared_v = torch.cat([gk, shared_k], dim=1), torch.cat([gv, shared_v], dim=1)
+            else:
+                shared_k, shared_v = gk, gv
+        out = vin_kernels.chunk_attention(
+            q, k, v, global_k=shared_k, global_v=shared_v, context_grad=self.context_grad, backend=self.backend,
+            return_lse=gate is not None, **sizes,
         )
+        return out if gate is None else self._gated(q, *out, gk, gv, gate)
+
+    def _gated(self, q, o_chunk, lse_chunk, gk, gv, gate) -> torch.Tensor:
+        """``o = o_c + gate * (o_cg - o_c)`` per head: ``o_c`` the attention without the global tokens,
+        ``o_cg`` the one softmax over the same keys and the globals (``merge_attention`` of ``o_c``
+        and the attention over the globals alone, by their log-sum-exps).
+
+        ``gate = 0`` gives ``o_c`` bitwise (``o_c + 0``; ``o_cg`` is finite: the merge subtracts the
+        larger log-sum-exp); ``gate = 1`` the ungated one softmax. ``d o / d gate = o_cg - o_c`` is
+        finite and nonzero at 0, so a zero-initialized gate trains; the global tokens' gradients are
+        ``gate`` times theirs in the ungated attention (zero while ``gate = 0``). A shift of the
+        globals' logits by ``log(gate)`` is the same at 0 and 1 but has no usable gradient at 0
+        (``1/gate`` times a weight of 0) and no value for a gate an optimizer step made negative.
+        """
+        B, _, H, _ = q.shape
+        if gk.shape[0] != B:
+            gk, gv = (g.repeat_interleave(B // g.shape[0], dim=0) for g in (gk, gv))
+        o_globals, lse_globals = vin_kernels.global_attention(
+            q, gk, gv, tokens_per_frame=gk.shape[1], keyframe_stride=1, return_lse=True, backend=self.backend
+        )
+        o_both, _ = vin_kernels.merge_attention(o_chunk, lse_chunk, o_globals, lse_globals, backend=self.backend)
+        gate = gate.to(torch.float32).reshape(1, 1, -1, 1)  # [heads] or a scalar per layer
+        return (o_chunk.float() + gate * (o_both.float() - o_chunk.float())).to(o_chunk.dtype)
 
     def text_key_mask(self, attention_mask, num_video: int, num_text: int) -> torch.Tensor | None:
         """The text-key part ``[B, L]`` (bool) of a joint model's key mask ``[B, 1, 1, N_video + L]``, or None.
@@ -158,14 +217,9 @@ class _ChunkedState:
             k_text, v_text = tk[rows], tv[rows]
             if keep is not None:
                 k_text, v_text = k_text.index_select(1, keep), v_text.index_select(1, keep)
-            k_shared, v_shared = k_text, v_text
-            if gk is not None:
-                k_shared, v_shared = torch.cat([gk[rows], k_text], dim=1), torch.cat([gv[rows], v_text], dim=1)
+            g_rows = (None, None) if gk is None else (gk[rows], gv[rows])
             video_out.append(
-                vin_kernels.chunk_attention(
-                    vq[rows], vk[rows], vv[rows], global_k=k_shared, global_v=v_shared,
-                    context_grad=self.context_grad, backend=self.backend, **sizes,
-                )
+                self._chunks_and_globals(layer, vq[rows], vk[rows], vv[rows], *g_rows, k_text, v_text, sizes)
             )
             text_out.append(self._text_queries(tq[rows], vk[rows], vv[rows], k_text, v_text))
         if len(groups) == 1:
@@ -197,23 +251,25 @@ class ChunkedAttention:
         chunk, context, context_grad, backend: the settings (``chunk``/``context`` in latent frames).
 
     ``remove()`` puts the stock processor objects back and removes the hook; the handle is also a
-    context manager that removes itself on exit.
+    context manager that removes itself on exit. :func:`vin.diffusers.remove` removes it through the
+    transformer (also when the handle object is lost).
     """
 
-    def __init__(self, transformer, family, chunk, context, context_grad, backend, global_tokens):
+    def __init__(self, transformer, family, chunk, context, context_grad, backend, global_tokens, global_gate):
         self.transformer = transformer
         self.family = family
         self.chunk, self.context, self.context_grad, self.backend = chunk, context, context_grad, backend
-        self._state = _ChunkedState(chunk, context, context_grad, backend, global_tokens)
         modules = family.attention_modules(transformer)
         self.attentions: tuple[str, ...] = tuple(name for name, _ in modules)
         self._modules = [module for _, module in modules]
+        _check_global_gate(global_gate, self._modules)
+        self._state = _ChunkedState(chunk, context, context_grad, backend, global_tokens, global_gate)
         self._stock = [module.processor for module in self._modules]
         for layer, module in enumerate(self._modules):
             module.set_processor(family.processor_class(self._state, layer))
         self._hook = transformer.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
         self._removed = False
-        _INSTALLED[transformer] = weakref.ref(self)
+        _installed.register(transformer, "chunked_attention", self)
 
     @property
     def installed(self) -> bool:
@@ -229,6 +285,15 @@ class ChunkedAttention:
         _check_global_tokens(value)
         self._state.global_tokens = value
 
+    @property
+    def global_gate(self) -> torch.Tensor | None:
+        return self._state.global_gate
+
+    @global_gate.setter
+    def global_gate(self, value: torch.Tensor | None) -> None:
+        _check_global_gate(value, self._modules)
+        self._state.global_gate = value
+
     def _pre_forward(self, module, args, kwargs):
         arguments = bind_forward(module, args, kwargs).arguments
         self._state.begin_forward(self.family, module, arguments, len(self._modules))
@@ -241,9 +306,7 @@ class ChunkedAttention:
         for module, processor in zip(self._modules, self._stock):
             module.set_processor(processor)
         self._removed = True
-        installed = _INSTALLED.get(self.transformer)
-        if installed is not None and installed() is self:
-            del _INSTALLED[self.transformer]
+        _installed.unregister(self.transformer, "chunked_attention", self)
 
     def __enter__(self) -> ChunkedAttention:
         return self
@@ -256,6 +319,20 @@ class ChunkedAttention:
         return (
             f"ChunkedAttention({type(self.transformer).__name__}, chunk={self.chunk}, context={self.context}, "
             f"{len(self.attentions)} attentions, {state})"
+        )
+
+
+def _check_global_gate(gate, modules) -> None:
+    """None, or a float tensor ``[layers]`` or ``[layers, heads]`` for the video self-attentions ``modules``."""
+    if gate is None:
+        return
+    heads = {module.heads for module in modules}
+    shapes = [(len(modules),)] + ([(len(modules), *heads)] if len(heads) == 1 else [])
+    if not isinstance(gate, torch.Tensor) or not gate.is_floating_point() or tuple(gate.shape) not in shapes:
+        what = f"{type(gate).__name__} {tuple(gate.shape)}" if isinstance(gate, torch.Tensor) else type(gate).__name__
+        raise TypeError(
+            f"global_gate must be None or a float tensor of shape {' or '.join(map(str, shapes))} "
+            f"(per video self-attention, optionally per head), got {what}"
         )
 
 
@@ -278,6 +355,7 @@ def chunked_attention(
     chunk: int,
     context: int = 0,
     global_tokens: GlobalTokens = None,
+    global_gate: torch.Tensor | None = None,
     context_grad: bool = True,
     backend: str = "auto",
 ) -> ChunkedAttention:
@@ -304,11 +382,19 @@ def chunked_attention(
             ``(global_k, global_v)`` of ``[Bg, G, heads, head_dim]`` tensors (``Bg`` divides the batch;
             no RoPE, no norm applied); or a callable ``VideoInputs -> such pairs`` called once per
             forward (e.g. a :class:`vin.diffusers.VINAdapter`).
+        global_gate: None (the global tokens join the chunk's softmax), or a float tensor
+            ``[layers]`` or ``[layers, heads]``: per layer (and head) the output is
+            ``o_c + gate * (o_cg - o_c)``, ``o_c`` the attention without the global tokens, ``o_cg``
+            the one softmax with them. 0 gives exactly the output without global tokens, 1 the
+            ungated one; differentiable in the gate (a :class:`vin.diffusers.VINAdapter`'s is
+            zero-initialized, so attaching it changes nothing until it is trained).
         context_grad: False stops gradients into a token's keys/values through the chunks that see
             it only as context (the paper's inter-chunk stop-gradient, for training).
-        backend: vin_kernels backend (``"auto"``: the fastest available for the tensors' device).
+        backend: vin_kernels backend (``"auto"``: the fastest available for the tensors' device);
+            a name that is unknown, unavailable here or lacks an op the processors call raises here.
     Returns:
-        the :class:`ChunkedAttention` handle; ``handle.remove()`` restores the stock processors.
+        the :class:`ChunkedAttention` handle; ``handle.remove()`` (or :func:`vin.diffusers.remove`
+        on the transformer) restores the stock processors.
 
     Example::
 
@@ -321,13 +407,12 @@ def chunked_attention(
     context = _require_int("context", context, 0)
     if not isinstance(context_grad, bool):
         raise TypeError(f"context_grad must be a bool, got {type(context_grad).__name__}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    check_backend(backend, ATTENTION_OPS)
     _check_global_tokens(global_tokens)
-    installed = _INSTALLED.get(transformer)
-    if installed is not None and installed() is not None:
+    installed = _installed.lookup(transformer, "chunked_attention")
+    if installed is not None:
         raise ValueError(
-            f"chunked attention is already installed on this {type(transformer).__name__} "
-            f"({installed()!r}); remove that handle first"
+            f"chunked attention is already installed on this {type(transformer).__name__} ({installed!r}); "
+            "remove that handle first (handle.remove(), or vin.diffusers.remove(transformer) without the handle)"
         )
-    return ChunkedAttention(transformer, family, chunk, context, context_grad, backend, global_tokens)
+    return ChunkedAttention(transformer, family, chunk, context, context_grad, backend, global_tokens, global_gate)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from numbers import Real
 
-import weakref
-
 import torch
 
 from vin_kernels import ChunkLayout
 
+from . import _installed
 from ._families import bind_forward, family_of
-from .attention import LONG_VIDEO_CALLS, _require_int
+from .attention import LONG_VIDEO_CALLS, _require_int, check_backend
 
 __all__ = ["LongVideo"]
-
-# transformer -> weak reference to its installed LongVideo (windows of windows make no sense)
-_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class LongVideo:
@@ -47,7 +43,8 @@ class LongVideo:
         window: latent frames per window (what the model handles in one piece). overlap: latent
             frames consecutive windows share, ``0 <= overlap < window``.
         fuse_until: None (blend every step) or a timestep at and below which overlaps are no longer blended.
-        backend: vin_kernels backend of :func:`vin_kernels.overlap_fuse`.
+        backend: vin_kernels backend of :func:`vin_kernels.overlap_fuse` (checked here, as in
+            :func:`vin.diffusers.chunked_attention`).
 
     Composes with :func:`vin.diffusers.chunked_attention` on the same transformer (each window is
     then chunked) and with a :class:`vin.diffusers.VINAdapter`, whose VIN reads the whole video and
@@ -70,11 +67,13 @@ class LongVideo:
             raise ValueError(f"overlap must be smaller than window, got overlap={overlap} >= window={window}")
         if fuse_until is not None and (isinstance(fuse_until, bool) or not isinstance(fuse_until, Real)):
             raise TypeError(f"fuse_until must be None or a timestep (a number), got {fuse_until!r}")
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-        installed = _INSTALLED.get(transformer)
-        if installed is not None and installed() is not None and not installed()._removed:
-            raise ValueError(f"a LongVideo is already installed on this transformer ({installed()!r}); remove it first")
+        check_backend(backend, ("overlap_fuse",))
+        installed = _installed.lookup(transformer, "long_video")
+        if installed is not None:  # windows of windows make no sense
+            raise ValueError(
+                f"a LongVideo is already installed on this transformer ({installed!r}); remove it first "
+                "(handle.remove(), or vin.diffusers.remove(transformer) without the handle)"
+            )
         self.fuse_until = None if fuse_until is None else float(fuse_until)
         self.backend = backend
         self.transformer = transformer
@@ -83,7 +82,7 @@ class LongVideo:
         self._pre = transformer.register_forward_pre_hook(self._pre_forward, with_kwargs=True, prepend=True)
         self._post = transformer.register_forward_hook(self._post_forward, with_kwargs=True, always_call=True)
         self._removed = False
-        _INSTALLED[transformer] = weakref.ref(self)
+        _installed.register(transformer, "long_video", self)
 
     def layout(self, num_frames: int) -> ChunkLayout:
         """The windows a video of ``num_frames`` latent frames is cut into."""
@@ -117,12 +116,18 @@ class LongVideo:
             return (self.family.from_windows(output[0], layout, ramp, self.backend), *output[1:])
         return type(output)(sample=self.family.from_windows(output.sample, layout, ramp, self.backend))
 
+    @property
+    def installed(self) -> bool:
+        """True until :meth:`remove`."""
+        return not self._removed
+
     def remove(self) -> None:
         """Remove the hooks; the transformer runs whole videos again. Idempotent."""
         if not self._removed:
             self._pre.remove()
             self._post.remove()
             self._removed = True
+            _installed.unregister(self.transformer, "long_video", self)
 
     def __enter__(self) -> LongVideo:
         return self
