@@ -29,9 +29,12 @@ ROW_FIELDS = {
     "static": {"kernel": str, "head_dim": int, "dtype": str, "arch": str, "config": str, "registers": int,
                "spill_bytes": int, "shared_bytes": int, "tensor_core": str, "async_copy": str, "resident_warps": int,
                "problems": list},
+    "diffusers": {"mode": str, "multiple": int, "video_frames": int, "latent_frames": int, "flops": int,
+                  "counted_flops": int, "step_times_ms": list, "step_median_ms": float},
 }
 ERROR_ROW_FIELDS = {"flops": (), "kernels": ("op", "shape", "pass", "impl"), "model": ("mode", "video_frames"),
-                    "parallel": ("kind", "layout", "ranks"), "quality": ("variant",), "static": ("kernel", "head_dim", "dtype", "arch", "config")}
+                    "parallel": ("kind", "layout", "ranks"), "quality": ("variant",), "static": ("kernel", "head_dim", "dtype", "arch", "config"),
+                    "diffusers": ("mode", "video_frames")}
 
 
 def _check(errors: list[str], where: str, value, kind) -> None:

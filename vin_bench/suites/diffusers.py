@@ -1,11 +1,448 @@
-"""What chunked attention buys a diffusers video transformer (issue 20): being written."""
+"""diffusers suite (opt-in: ``python -m bench --suite diffusers``): what chunked attention buys a Wan model.
 
-OPT_IN = "being written (issue 20)"
+A diffusers ``WanTransformer3DModel`` with Wan 2.1 T2V 1.3B's shape (:data:`WAN_2_1_1_3B`: hidden 1536,
+12 heads of 128, FFN 8960, 512 text tokens of 4096 channels, patch 1x2x2; random fp32 weights) but
+``--wan-layers`` blocks (default 2 of the model's 30: every per-block cost, time, FLOPs and memory
+alike, scales linearly with the blocks; the embeddings and the output projection are once per step),
+at a CPU-feasible latent size (``--wan-latent-size``, default 16x28 latent pixels = 128x224 video
+pixels = 8x14 tokens per latent frame, the aspect of Wan's 480x832). One transformer forward (a
+denoising step without classifier-free guidance, batch 1, under ``no_grad``) at 1x, 2x and 4x the
+native length (81, 161, 321 video frames = 21, 41, 81 latent frames), three ways:
+
+* ``stock``: the unmodified model (diffusers' Wan processor, full attention by SDPA);
+* ``chunked``: :func:`vin.diffusers.chunked_attention` with chunk 13 and context 8 latent frames,
+  i.e. LongVideo's window (21) and overlap (8): every query sees at most 21 latent frames, what the
+  model was trained on, and the chunk grid is the window stride;
+* ``long_video``: :class:`vin.diffusers.LongVideo` with windows of 21 overlapping by 8, all windows
+  in one batched forward, blended by ``overlap_fuse`` (at 1x the video fits one window and passes
+  through: the stock model, not measured again).
+
+Per row: the median of 3 steps after a warm-up (wall clock), the peak resident memory above the
+pre-step level (:class:`vin_bench.suites.model.RssSampler`, in a pass after all timings), FLOPs per
+step counted analytically (:func:`wan_step_flops`, every matrix product as ``2*M*K*N`` and the
+attention products with :mod:`vin_kernels.flops`) and cross-checked against
+``torch.utils.flop_counter.FlopCounterMode`` on the meta device (SDPA forced to its math path, whose
+matrix products it counts), and the self-attention share of the step: of its FLOPs, and of its time
+(the self-attention op alone on the same tensors, timed apart, times the blocks). The FLOP model also
+gives every mode at the real model's size (30 blocks, 480x832: 1560 tokens per latent frame), where
+stock attention at 4x (126k tokens) would take hours on this CPU. ``--quick``: 1 block at 4x8 latent
+pixels, 1x and 2x, one timed step (a smoke run, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+import vin_kernels
+from vin_kernels import ChunkLayout
+from vin_kernels.flops import chunk_attention_flops, global_attention_flops
+
+from ..timing import measure, summary
+from . import Context
+from .model import RssSampler
+
+OPT_IN = "a Wan 2.1 1.3B-shaped transformer at 1x, 2x and 4x its native length (about 8 minutes on 2 cores)"
+
+# diffusers' config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers but the block count (num_layers=30 there)
+WAN_2_1_1_3B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=8960, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    rope_max_seq_len=1024,
+)  # fmt: skip
+WAN_LAYERS = 30
+TEXT_LEN = 512  # umT5 tokens Wan's pipeline pads every prompt to
+NATIVE_VIDEO_FRAMES = 81  # Wan 2.1's length: 21 latent frames (its VAE: 4k + 1 video frames -> k + 1)
+NATIVE_PIXELS = (480, 832)
+VAE_STRIDE = (4, 8, 8)
+WINDOW, OVERLAP = 21, 8  # LongVideo: the native length, overlapping by 8 latent frames (~2 s of video)
+CHUNK, CONTEXT = WINDOW - OVERLAP, OVERLAP  # chunked_attention with the same key span and grid
+MULTIPLES = (1, 2, 4)
+MODES = ("stock", "chunked", "long_video")
+DEFAULT_LAYERS, DEFAULT_LATENT_SIZE = 2, (16, 28)
+QUICK_LAYERS, QUICK_LATENT_SIZE = 1, (4, 8)
+WARMUP, TIMED = 1, 3
 
 
-def run(ctx) -> dict:
-    raise NotImplementedError("the diffusers suite is being written")
+def add_arguments(group) -> None:
+    group.add_argument(
+        "--wan-layers", type=_layers, default=DEFAULT_LAYERS, metavar="N",
+        help=f"blocks of the Wan-shaped model (default {DEFAULT_LAYERS}; the 1.3B model has {WAN_LAYERS}; "
+        "per-block costs scale linearly)",
+    )  # fmt: skip
+    group.add_argument(
+        "--wan-latent-size", type=_latent_size, default=DEFAULT_LATENT_SIZE, metavar="HxW",
+        help="latent height x width, even (default 16x28 = 128x224 pixels; Wan's native 480x832 is 60x104)",
+    )  # fmt: skip
+
+
+def _layers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--wan-layers takes an integer, got {text!r}") from None
+    if not 1 <= value <= WAN_LAYERS:
+        raise argparse.ArgumentTypeError(f"--wan-layers must be 1..{WAN_LAYERS}, got {value}")
+    return value
+
+
+def _latent_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--wan-latent-size takes HxW latent pixels (e.g. 16x28), got {text!r}") from None
+    if min(height, width) < 2 or height % 2 or width % 2 or height * width > 60 * 104:
+        raise argparse.ArgumentTypeError(
+            f"--wan-latent-size needs even sizes of at least 2 and at most Wan's 60x104 in area, got {text!r}"
+        )
+    return height, width
+
+
+def video_frames(multiple: int) -> int:
+    """Video frames of ``multiple`` times Wan's native length (4k + 1 frames: 81, 161, 321)."""
+    return (NATIVE_VIDEO_FRAMES - 1) * multiple + 1
+
+
+def latent_frames_of(video: int) -> int:
+    return (video - 1) // VAE_STRIDE[0] + 1
+
+
+def wan_step_flops(layers: int, frames: int, tokens_per_frame: int, mode: str, batch: int = 1) -> dict[str, int]:
+    """Forward FLOPs of one ``WanTransformer3DModel`` forward with :data:`WAN_2_1_1_3B`'s shape, per component.
+
+    ``frames`` latent frames of ``tokens_per_frame`` tokens (after the 1x2x2 patch), ``mode`` one of
+    :data:`MODES` (``long_video``: the layout's windows as a batch of short videos, text and
+    timestep repeated per window, as :class:`vin.diffusers.LongVideo` runs them). Matrix products
+    count ``2*M*K*N`` (the patch Conv3d as one); elementwise work (norms, RoPE, softmax, blending)
+    is not counted, as ``FlopCounterMode`` does not.
+    """
+    c = WAN_2_1_1_3B
+    heads, head_dim = c["num_attention_heads"], c["attention_head_dim"]
+    h, L, patch = heads * head_dim, TEXT_LEN, math.prod(c["patch_size"])
+    rows, F = batch, frames
+    if mode == "long_video" and frames > WINDOW:
+        layout = ChunkLayout.windows(frames, WINDOW, OVERLAP)
+        rows, F = batch * layout.num_chunks, layout.chunk_len
+    S = F * tokens_per_frame  # tokens per sequence
+    M = rows * S
+    if mode == "chunked":
+        sizes = ChunkLayout.context(F, CHUNK, CONTEXT).attention_sizes(tokens_per_frame)
+    else:
+        sizes = {"chunk_size": S, "context_size": 0}
+
+    def mm(m, k, n):
+        return 2 * m * k * n
+
+    return {
+        "patch_embed": mm(M, c["in_channels"] * patch, h),
+        "conditioning": mm(rows, c["freq_dim"], h) + mm(rows, h, h) + mm(rows, h, 6 * h)  # timestep MLP, adaLN
+        + mm(rows * L, c["text_dim"], h) + mm(rows * L, h, h),  # text projection
+        "self_attention_proj": layers * 4 * mm(M, h, h),
+        "self_attention": layers * chunk_attention_flops(rows, S, heads, head_dim, sizes["chunk_size"], sizes["context_size"], 0),
+        "cross_attention_proj": layers * (2 * mm(M, h, h) + 2 * mm(rows * L, h, h)),
+        "cross_attention": layers * global_attention_flops(rows, S, heads, head_dim, L, L, 1, 0),
+        "ffn": layers * 2 * mm(M, h, c["ffn_dim"]),
+        "proj_out": mm(M, h, c["out_channels"] * patch),
+    }  # fmt: skip
+
+
+def _build(layers: int, device="cpu"):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return WanTransformer3DModel(num_layers=layers, **WAN_2_1_1_3B).eval()
+
+
+def _inputs(frames: int, latent_size: tuple[int, int], device="cpu") -> dict:
+    generator = torch.Generator().manual_seed(frames)
+    make = (lambda *shape: torch.empty(*shape, device="meta")) if str(device) == "meta" else (
+        lambda *shape: torch.randn(*shape, generator=generator)
+    )  # fmt: skip
+    return {
+        "hidden_states": make(1, WAN_2_1_1_3B["in_channels"], frames, *latent_size),
+        "timestep": torch.full((1,), 980.0, device=device),
+        "encoder_hidden_states": make(1, TEXT_LEN, WAN_2_1_1_3B["text_dim"]),
+        "return_dict": False,
+    }
+
+
+@contextlib.contextmanager
+def installed(model, mode: str):
+    """``model`` set up for ``mode`` (:data:`MODES`) inside the block, stock again after it."""
+    import vin.diffusers as vd
+
+    if mode == "stock":
+        yield
+    elif mode == "chunked":
+        with vd.chunked_attention(model, chunk=CHUNK, context=CONTEXT):
+            yield
+    else:
+        with vd.LongVideo(model, window=WINDOW, overlap=OVERLAP):
+            yield
+
+
+def counted_flops(model_meta, frames: int, latent_size: tuple[int, int], mode: str) -> int:
+    """One forward's FLOPs as ``FlopCounterMode`` counts them on the meta device (nothing computed);
+    SDPA runs its math path there, two counted matrix products."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    inputs = _inputs(frames, latent_size, device="meta")
+    with installed(model_meta, mode), torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model_meta(**inputs)
+    return counter.get_total_flops()
+
+
+def _self_attention_call(mode: str, frames: int, tokens_per_frame: int):
+    """The self-attention op of one block on random tensors of the step's shapes, as the step runs it:
+    stock and LongVideo windows through diffusers' native backend (SDPA on ``[B, H, N, D]``
+    permuted views of ``[B, N, H, D]``), chunked through :func:`vin_kernels.chunk_attention`."""
+    c = WAN_2_1_1_3B
+    rows, F_ = 1, frames
+    if mode == "long_video" and frames > WINDOW:
+        rows, F_ = ChunkLayout.windows(frames, WINDOW, OVERLAP).num_chunks, WINDOW
+    shape = (rows, F_ * tokens_per_frame, c["num_attention_heads"], c["attention_head_dim"])
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
+    if mode == "chunked":
+        sizes = ChunkLayout.context(F_, CHUNK, CONTEXT).attention_sizes(tokens_per_frame)
+        return lambda: vin_kernels.chunk_attention(q, k, v, **sizes)
+    return lambda: F.scaled_dot_product_attention(*(t.permute(0, 2, 1, 3) for t in (q, k, v))).permute(0, 2, 1, 3)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _bar(ctx: Context, total: int, desc: str):
+    """``ctx.progress.bar`` (a line every few seconds, or a tqdm bar), or nothing where the harness has none."""
+    bar = getattr(ctx.progress, "bar", None)
+    return bar(total, desc) if bar is not None else contextlib.nullcontext(_NoBar())
+
+
+def _items(multiples) -> list[tuple[int, str]]:
+    """``(multiple, mode)`` pairs to measure: LongVideo from 2x (at 1x it passes the video through)."""
+    return [(m, mode) for m in multiples for mode in MODES if not (mode == "long_video" and m == 1)]
+
+
+def run(ctx: Context) -> dict:
+    quick = ctx.quick
+    options = ctx.options
+    layers = QUICK_LAYERS if quick else getattr(options, "wan_layers", DEFAULT_LAYERS)
+    latent_size = QUICK_LATENT_SIZE if quick else tuple(getattr(options, "wan_latent_size", DEFAULT_LATENT_SIZE))
+    multiples = MULTIPLES[:2] if quick else MULTIPLES
+    warmup, timed = (0, 1) if quick else (WARMUP, TIMED)
+    tokens_per_frame = (latent_size[0] // 2) * (latent_size[1] // 2)
+    load_before = list(os.getloadavg())
+    model, model_meta = _build(layers), _build(layers, "meta")
+    items = _items(multiples)
+    rows = []
+    steps_per_item = warmup + timed + 1  # + the memory pass
+    with torch.no_grad(), _bar(ctx, len(items) * steps_per_item, "diffusers (Wan steps)") as bar:
+
+        def counted(step):
+            def run_step():
+                out = step()
+                bar.update()
+                return out
+
+            return run_step
+
+        for multiple, mode in items:
+            video = video_frames(multiple)
+            frames = latent_frames_of(video)
+            inputs = _inputs(frames, latent_size)
+            flops = wan_step_flops(layers, frames, tokens_per_frame, mode)
+            row = {
+                "mode": mode, "multiple": multiple, "video_frames": video, "latent_frames": frames,
+                "tokens": frames * tokens_per_frame, "flops": sum(flops.values()), "flop_components": flops,
+                "counted_flops": counted_flops(model_meta, frames, latent_size, mode),
+            }  # fmt: skip
+            with installed(model, mode):
+                times = measure(counted(lambda: model(**inputs)), ctx.device, warmup=warmup, iters=timed)
+            row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
+            attention = measure(_self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup, iters=timed)
+            row["self_attention_ms"] = summary(attention)["median_ms"] * layers
+            rows.append(row)
+        live_memory = RssSampler.track_live_memory()  # after the timings: it slows steps down (model suite)
+        for row in rows:
+            inputs = _inputs(row["latent_frames"], latent_size)
+            with installed(model, row["mode"]), RssSampler() as sampler:
+                out = counted(lambda: model(**inputs))()[0]
+            row["output_finite"] = bool(torch.isfinite(out).all())
+            del out
+            row["peak_rss_growth_bytes"] = sampler.peak
+            row["rss_growth_per_latent_frame"] = sampler.peak / row["latent_frames"]
+    _ratios(rows)
+    return {
+        "model": "WanTransformer3DModel", "config": {**WAN_2_1_1_3B, "num_layers": layers}, "layers": layers,
+        "text_len": TEXT_LEN, "latent_size": list(latent_size), "tokens_per_frame": tokens_per_frame,
+        "window": WINDOW, "overlap": OVERLAP, "chunk": CHUNK, "context": CONTEXT, "dtype": "float32",
+        "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed, "rss_tracks_live_memory": live_memory,
+        "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
+        "rows": rows, "native": native_flop_model(),
+    }  # fmt: skip
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Per row: self-attention shares; chunked and long_video rows: time, FLOPs and memory over stock's."""
+    stock = {r["multiple"]: r for r in rows if r["mode"] == "stock"}
+    for r in rows:
+        components = r["flop_components"]
+        r["self_attention_flop_share"] = components["self_attention"] / r["flops"]
+        r["self_attention_time_share"] = r["self_attention_ms"] / r["step_median_ms"]
+        base = stock.get(r["multiple"])
+        if r["mode"] != "stock" and base is not None:
+            r["time_ratio_to_stock"] = r["step_median_ms"] / base["step_median_ms"]
+            r["flop_ratio_to_stock"] = r["flops"] / base["flops"]
+            r["time_over_flop_ratio"] = r["time_ratio_to_stock"] / r["flop_ratio_to_stock"]
+            if "peak_rss_growth_bytes" in r and base.get("peak_rss_growth_bytes"):
+                r["memory_ratio_to_stock"] = r["peak_rss_growth_bytes"] / base["peak_rss_growth_bytes"]
+
+
+def native_flop_model(multiples=(1, 2, 4, 8)) -> list[dict]:
+    """:func:`wan_step_flops` of the real model: 30 blocks at 480x832 (1560 tokens per latent frame)."""
+    tokens = math.prod(p // VAE_STRIDE[1] // 2 for p in NATIVE_PIXELS)
+    out = []
+    for multiple in multiples:
+        frames = latent_frames_of(video_frames(multiple))
+        per_mode = {mode: wan_step_flops(WAN_LAYERS, frames, tokens, mode) for mode in MODES}
+        stock = sum(per_mode["stock"].values())
+        for mode, flops in per_mode.items():
+            total = sum(flops.values())
+            out.append({
+                "mode": mode, "multiple": multiple, "latent_frames": frames, "tokens": frames * tokens,
+                "flops": total, "flop_ratio_to_stock": total / stock, "self_attention_flop_share": flops["self_attention"] / total,
+            })  # fmt: skip
+    return out
+
+
+def _mib(value) -> str:
+    return f"{value / 2**20:.0f}"
 
 
 def markdown(result: dict) -> str:
-    return ""
+    rows = result["rows"]
+    layers, (lh, lw) = result["layers"], result["latent_size"]
+    T = result["tokens_per_frame"]
+    lines = [
+        f"One forward of a `WanTransformer3DModel` with Wan 2.1 1.3B's shape (hidden 1536, 12 heads x 128, FFN 8960, "
+        f"{result['text_len']} text tokens) and {layers} of its {WAN_LAYERS} blocks, random {result['dtype']} weights, "
+        f"batch 1, no CFG, at {lh}x{lw} latent pixels ({T} tokens per latent frame), {result['threads']} threads: "
+        f"median of {result['timed']} steps after {result['warmup']} warm-up. *chunked*: `chunked_attention(chunk="
+        f"{result['chunk']}, context={result['context']})`; *long_video*: `LongVideo(window={result['window']}, "
+        f"overlap={result['overlap']})` (at 1x it passes the video through). Ratios are to *stock* at the same length; "
+        "*time / FLOP ratio* <= 1.1 means the step runs at its FLOP ratio. FLOPs: analytic, "
+        f"{'equal to' if all(r['flops'] == r['counted_flops'] for r in rows) else 'NOT equal to'} FlopCounterMode's "
+        "count on the meta device. Self-attention share: of the step's FLOPs / of its time (the op timed alone). "
+        f"Load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after "
+        "(a shared machine).",
+        "",
+        "| video frames | latent frames | mode | step s | time / stock | FLOPs / stock | time / FLOP ratio | "
+        "GFLOP | self-attn share FLOPs / time | peak RSS MiB | MiB per latent frame |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        def ratio(key):
+            return f"{r[key]:.2f}" if key in r else "-"
+
+        lines.append(
+            f"| {r['video_frames']} | {r['latent_frames']} | {r['mode']} | {r['step_median_ms'] / 1e3:.2f} "
+            f"[{r['step_p20_ms'] / 1e3:.2f}-{r['step_p80_ms'] / 1e3:.2f}] | {ratio('time_ratio_to_stock')} | "
+            f"{ratio('flop_ratio_to_stock')} | {ratio('time_over_flop_ratio')} | {r['flops'] / 1e9:.0f} | "
+            f"{r['self_attention_flop_share']:.0%} / {r['self_attention_time_share']:.0%} | "
+            f"{_mib(r.get('peak_rss_growth_bytes', 0))} | {r.get('rss_growth_per_latent_frame', 0) / 2**20:.1f} |"
+        )
+    lines += ["", memory_verdict(result), "", "FLOP model of the real model (30 blocks, 480x832 = 1560 tokens per latent frame):", "",
+              "| latent frames | stock TFLOP | chunked / stock | long_video / stock | stock self-attention share |",
+              "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    native = {(r["multiple"], r["mode"]): r for r in result["native"]}
+    for multiple in sorted({r["multiple"] for r in result["native"]}):
+        stock = native[(multiple, "stock")]
+        lines.append(
+            f"| {stock['latent_frames']} ({multiple}x) | {stock['flops'] / 1e12:.0f} | "
+            f"{native[(multiple, 'chunked')]['flop_ratio_to_stock']:.2f} | {native[(multiple, 'long_video')]['flop_ratio_to_stock']:.2f} | "
+            f"{stock['self_attention_flop_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_verdict(result: dict) -> str:
+    """Per mode: peak RSS growth per latent frame at its shortest and longest measured length, and the spread."""
+    parts = []
+    for mode in MODES:
+        own = sorted((r for r in result["rows"] if r["mode"] == mode and r.get("peak_rss_growth_bytes")), key=lambda r: r["latent_frames"])
+        if len(own) < 2:
+            continue
+        per = [r["rss_growth_per_latent_frame"] / 2**20 for r in own]
+        parts.append(
+            f"*{mode}* {per[0]:.1f} MiB per latent frame at {own[0]['latent_frames']} latent frames, {per[-1]:.1f} at "
+            f"{own[-1]['latent_frames']} (max/min {max(per) / min(per):.2f})"
+        )
+    return "Peak RSS growth per latent frame: " + "; ".join(parts) + "." if parts else ""
+
+
+def headline(result: dict) -> list[str]:
+    longest = max(r["multiple"] for r in result["rows"])
+    out = []
+    for r in result["rows"]:
+        if r["multiple"] == longest and "time_ratio_to_stock" in r:
+            out.append(
+                f"diffusers: Wan 1.3B-shaped, {r['latent_frames']} latent frames: {r['mode']} step {r['time_ratio_to_stock']:.2f}x "
+                f"stock's time for {r['flop_ratio_to_stock']:.2f}x its FLOPs"
+            )
+    return out
+
+
+def files(result: dict, out, stem: str) -> list:
+    """``<stem>.png``: step time, memory per latent frame (measured) and the FLOP model of the real model."""
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    if plt is None or not result["rows"]:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    colors = {"stock": "tab:red", "chunked": "tab:blue", "long_video": "tab:green"}
+    rows = result["rows"]
+    for mode in MODES:
+        own = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["latent_frames"])
+        if not own:
+            continue
+        label = mode
+        if mode == "long_video":  # at 1x the video fits one window: LongVideo passes it through to the stock model
+            own = [r for r in rows if r["mode"] == "stock" and r["multiple"] == 1] + own
+            label += " (1x: = stock)"
+        x = [r["latent_frames"] for r in own]
+        if own[-1].get("time_ratio_to_stock") is not None:
+            label += f" ({own[-1]['time_ratio_to_stock']:.2f}x time, {own[-1]['flop_ratio_to_stock']:.2f}x FLOPs at {x[-1]})"
+        axes[0].plot(x, [r["step_median_ms"] / 1e3 for r in own], marker="o", color=colors[mode], label=label)
+        if all("rss_growth_per_latent_frame" in r for r in own):
+            axes[1].plot(x, [r["rss_growth_per_latent_frame"] / 2**20 for r in own], marker="o", color=colors[mode], label=mode)
+        native = sorted((r for r in result["native"] if r["mode"] == mode), key=lambda r: r["latent_frames"])
+        axes[2].plot([r["latent_frames"] for r in native], [r["flops"] / 1e15 for r in native], marker="o", color=colors[mode], label=mode)
+    (lh, lw), layers = result["latent_size"], result["layers"]
+    axes[0].set(title=f"measured: one step, {layers} blocks, {lh}x{lw} latent", xlabel="latent frames", ylabel="seconds (median)")
+    axes[1].set(title="measured: peak RSS growth per latent frame", xlabel="latent frames", ylabel="MiB per latent frame")
+    axes[1].set_ylim(bottom=0)
+    axes[2].set(title="FLOP model: the real model (30 blocks, 480x832)", xlabel="latent frames", ylabel="PFLOP per step")
+    for ax in axes:
+        ax.set_xticks(sorted({r["latent_frames"] for r in rows} | {r["latent_frames"] for r in result["native"]} if ax is axes[2] else {r["latent_frames"] for r in rows}))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"What chunked attention buys a Wan 2.1 1.3B-shaped transformer (random fp32 weights, CPU, {result['threads']} threads; "
+        f"chunked: chunk {result['chunk']} + context {result['context']}; long_video: window {result['window']}, overlap {result['overlap']})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = out / f"{stem}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
