@@ -3,4 +3,4 @@ import sys
 
 from vin_bench.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m bench"))

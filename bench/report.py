@@ -2,4 +2,4 @@
 from vin_bench.report import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m bench.report"))

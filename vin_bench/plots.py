@@ -2,13 +2,17 @@
 
 Line plots (flops, model) put every measured video length on the x axis as a tick, labelled with its
 video frames over its latent frames; when there are more lengths than fit, the labels are thinned
-(every point keeps its marker and an unlabelled tick). The kernels plot groups one bar per
-implementation under each (op, shape, pass), one colour per implementation, with a legend.
+(every point keeps its marker and an unlabelled tick). Their log y axis labels 1, 2 and 5 of every
+decade in plain numbers. The model plot draws p20-p80 bars and says in its caption what ran (preset,
+dtype, threads, random weights, steps timed). The kernels plot groups one bar per implementation
+under each (op, shape, pass), one colour per implementation, with a legend, and writes beside
+vin_kernels' bars its time / full attention's and the FLOP ratio (bold green below 1: faster).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 FONT_SIZE = 9  # tick labels and legends: readable in the README at 100%
@@ -48,21 +52,42 @@ def _save(fig, path: Path) -> Path | None:
     return path
 
 
-def line_figure(rows: list[dict], y, ylabel: str, title: str):
+def log_y_axis(ax) -> None:
+    """Label a log y axis in plain numbers (400, 0.5, 1000: not 4x10^2) at 1, 2 and 5 of every decade,
+    and at every integer multiple when the axis spans less than a factor of 5."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    low, high = ax.get_ylim()
+    narrow = high / low < 5
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
+
+
+def line_figure(rows: list[dict], y, ylabel: str, title: str, yerr=None, caption: str | None = None):
     """One line per ``mode`` of ``y(row)`` against video frames (log-log), ticks at the measured
-    lengths; None without rows or matplotlib."""
+    lengths; ``yerr(row) -> (low, high)`` draws error bars; ``caption`` goes under the axes. None
+    without rows or matplotlib."""
     plt = _pyplot()
     if plt is None or not rows:
         return None
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, NullFormatter
 
     frames = sorted({r["video_frames"] for r in rows})
     latent = {r["video_frames"]: r.get("latent_frames") for r in rows}
     many = len(frames) > MAX_TICK_LABELS
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5 + (0.45 if caption else 0)))
     for mode in dict.fromkeys(r["mode"] for r in rows):
         own = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["video_frames"])
-        ax.plot([r["video_frames"] for r in own], [y(r) for r in own], marker="o", markersize=3 if many else 5, label=mode)
+        xs, ys = [r["video_frames"] for r in own], [y(r) for r in own]
+        if yerr is None:
+            ax.plot(xs, ys, marker="o", markersize=3 if many else 5, label=mode)
+        else:
+            spans = [yerr(r) for r in own]
+            errors = [[v - lo for v, (lo, _) in zip(ys, spans)], [hi - v for v, (_, hi) in zip(ys, spans)]]
+            ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3 if many else 5, capsize=3, label=mode)
     ax.set(xscale="log", yscale="log", ylabel=ylabel, title=title)
     labelled = labelled_ticks(frames)
     ax.xaxis.set_major_locator(FixedLocator(labelled))
@@ -74,33 +99,47 @@ def line_figure(rows: list[dict], y, ylabel: str, title: str):
     else:
         ax.set_xticklabels([str(f) for f in labelled])
         ax.set_xlabel("video frames")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 400, 0.5, 1e+03: not 4x10^2
-    ax.yaxis.set_major_formatter(plain)
-    low, high = ax.get_ylim()
-    ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # under a decade: label 2..9 too
+    log_y_axis(ax)
     ax.tick_params(labelsize=FONT_SIZE)
     ax.tick_params(which="minor", labelsize=FONT_SIZE - 1)
     ax.legend(title="mode", fontsize=FONT_SIZE, title_fontsize=FONT_SIZE)
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, axis="y", which="minor", alpha=0.15)
-    fig.tight_layout()
+    if caption:
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(caption, 125)), fontsize=FONT_SIZE - 1, va="bottom", ha="left")
+        fig.tight_layout(rect=(0, 0.09, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
 def flops_figure(result: dict):
     """TFLOP per denoising step against video frames, one line per mode."""
-    return line_figure(result["rows"], lambda r: r["step_flops"] / 1e12, "TFLOP per denoising step", "Paper preset: FLOPs per denoising step")
+    return line_figure(
+        result["rows"], lambda r: r["step_flops"] / 1e12, "TFLOP per denoising step", "Paper preset: FLOPs per denoising step",
+        caption=result.get("mode_caption"),
+    )  # fmt: skip
 
 
 def model_figure(result: dict):
-    """Median step latency against video frames, one line per mode (rows that failed are left out)."""
+    """Median step latency against video frames with p20-p80 bars, one line per mode (rows that failed
+    are left out); the caption says what ran."""
     rows = [r for r in result["rows"] if "step_median_ms" in r]
-    return line_figure(rows, lambda r: r["step_median_ms"], "ms per denoising step (median)", f"{result['preset']} preset: latency of one denoising step")
+    runs = max((len(r["step_times_ms"]) for r in rows if "step_times_ms" in r), default=0)
+    caption = (
+        f"{result['preset']} preset, {result.get('dtype', '?')}, random weights, batch 1, {result.get('threads', '?')} threads; "
+        f"median of {runs} steps after a warm-up, bars p20-p80. {result.get('mode_caption', '')}"
+    )
+    return line_figure(
+        rows, lambda r: r["step_median_ms"], "ms per denoising step (median)", f"{result['preset']} preset: latency of one denoising step",
+        yerr=(lambda r: (r.get("step_p20_ms", r["step_median_ms"]), r.get("step_p80_ms", r["step_median_ms"]))), caption=caption,
+    )  # fmt: skip
 
 
 def kernels_figure(result: dict):
     """Median ms of every implementation of each (op, shape, pass): a group of horizontal bars per
-    (op, shape, pass), one colour per implementation (legend), vin_kernels' speed-up written beside its bars."""
+    (op, shape, pass), one colour per implementation (legend); beside vin_kernels' bars its time over
+    SDPA full attention's and the FLOP ratio (bold green below 1, faster; red above)."""
     plt = _pyplot()
     rows = [r for r in result["rows"] if "median_ms" in r]
     if plt is None or not rows:
@@ -111,25 +150,41 @@ def kernels_figure(result: dict):
     impls = list(dict.fromkeys(r["impl"] for r in sorted(rows, key=lambda r: r["kind"] != "vin")))
     palette = plt.get_cmap("tab10" if len(impls) <= 10 else "tab20")
     color = {impl: palette(i % palette.N) for i, impl in enumerate(impls)}
+    labels = [f"{op} · {pass_}\n" + "\n".join(textwrap.wrap(shape, 44)) for op, shape, pass_ in groups]
     bar, gap = 0.8, 0.8  # bar height and the space between groups, in bar slots
     positions, centers, y = [], [], 0.0
-    for members in groups.values():
-        ys = [y + i for i in range(len(members))]
+    for members, label in zip(groups.values(), labels):
+        slots = max(len(members), 0.55 * label.count("\n") + 0.6)  # room for the wrapped label
+        ys = [y + (slots - len(members)) / 2 + i for i in range(len(members))]
         positions.append(ys)
         centers.append(sum(ys) / len(ys))
-        y = ys[-1] + 1 + gap
-    fig, ax = plt.subplots(figsize=(9, 0.22 * y + 1.6))
+        y += slots + gap
+    fig, ax = plt.subplots(figsize=(10, 0.22 * y + 1.8))
     for members, ys in zip(groups.values(), positions):
         for r, yy in zip(members, ys):
             ax.barh(yy, r["median_ms"], height=bar, color=color[r["impl"]])
-            if "ratio_to_best_baseline" in r:
-                ax.annotate(f"{r['ratio_to_best_baseline']:.2f}x", (r["median_ms"], yy), xytext=(3, 0),
-                            textcoords="offset points", va="center", fontsize=FONT_SIZE - 1)
-    ax.set_yticks(centers, [f"{op}\n{shape} · {pass_}" for op, shape, pass_ in groups], fontsize=FONT_SIZE)
-    ax.set_ylim(positions[-1][-1] + bar, -bar)  # top to bottom in run order, no empty margin
+            if r["kind"] == "vin" and "time_vs_full_attention" in r:
+                ratio = r["time_vs_full_attention"]
+                text = f"{ratio:.2f}x full (FLOPs {r['flop_ratio_to_full']:.2f}x)"
+                ax.annotate(text, (r["median_ms"], yy), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=FONT_SIZE - 1, color="#1a7f37" if ratio < 1 else "#b42318",
+                            fontweight="bold" if ratio < 1 else "normal")  # fmt: skip
+            elif "ratio_to_best_baseline" in r:
+                ax.annotate(f"{r['ratio_to_best_baseline']:.2f}x speed-up vs same work", (r["median_ms"], yy),
+                            xytext=(3, 0), textcoords="offset points", va="center", fontsize=FONT_SIZE - 1)  # fmt: skip
+    ax.set_yticks(centers, labels, fontsize=FONT_SIZE - 1)
+    ax.set_ylim(y - gap, -gap / 2)  # top to bottom in run order
     ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high * (high / low) ** 0.6)  # room for the labels right of the longest bar
     ax.set_xlabel("median ms per call (log scale; lower is better)", fontsize=FONT_SIZE)
-    ax.set_title(f"Kernels: vin_kernels vs baselines ({result.get('dtype', '?')}); labels: speed-up over the best baseline")
+    where = f"{result.get('device_kind', 'cuda')}, {result.get('dtype', '?')}" + (
+        f", {result['threads']} threads" if result.get("device_kind") == "cpu" and "threads" in result else ""
+    )
+    ax.set_title(
+        f"Kernels vs SDPA full attention ({where})\nlabels: time / full attention's time (FLOPs / full attention's); bold green below 1 = faster",
+        fontsize=FONT_SIZE + 1,
+    )  # fmt: skip
     ax.tick_params(axis="x", labelsize=FONT_SIZE)
     handles = [plt.Rectangle((0, 0), 1, 1, color=color[i]) for i in impls]
     ax.legend(handles, impls, title="implementation", fontsize=FONT_SIZE, title_fontsize=FONT_SIZE,

@@ -1,24 +1,28 @@
-"""The README's results section, rendered from the newest full benchmark runs.
+"""The README's results section, rendered from the newest benchmark runs.
 
-``python -m bench.report`` prints the section; ``python -m bench.report --readme`` writes it into
-README.md between the ``<!-- bench-results:begin -->`` and ``<!-- bench-results:end -->`` markers
-(``--readme PATH`` for another file; ``--results DIR`` reads other results than bench/results).
-Printing is the default so that running the report never modifies a tracked file unasked.
+``python -m bench.report`` (in a checkout; ``python -m vin_bench.report`` anywhere) prints the
+section; ``--readme`` writes it into README.md between the ``<!-- bench-results:begin -->`` and
+``<!-- bench-results:end -->`` markers (``--readme PATH`` for another file; ``--results DIR`` reads
+other results than the default folder, :func:`vin_bench.environment.default_results_dir`). Printing
+is the default so that running the report never modifies a tracked file unasked.
 
-Per suite, the section holds the table of the newest valid result file that has the suite, and
-links to its plots. ``--quick`` runs are never used: they are smoke runs with few shapes and repeats.
-A GPU run is preferred over a CPU run of the same suite (the kernels are GPU kernels); a CPU run is
-shown while no GPU has run the suite.
+Per suite, the section holds the table of the newest valid result file that has the suite (sections
+may come from different files), and links to its plots. ``--quick`` runs are never used: they are
+smoke runs with few shapes and repeats. A GPU run is preferred over a CPU run of the same suite (the
+kernels are GPU kernels); a CPU run is shown while no GPU has run the suite. Of a ``--full`` and a
+default run of the same commit, the ``--full`` run is shown (it holds every shape of the default run).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
+from vin._argparse import ArgumentParser
+
+from .environment import checkout_root, default_results_dir
 from .schema import validate
 
 BEGIN, END = "<!-- bench-results:begin -->", "<!-- bench-results:end -->"
@@ -30,18 +34,21 @@ TITLES = {
     "static": "Static report: the compiled GPU code",
     "quality": "The method at toy scale: the paper's ablation",
 }
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rank(result: dict) -> tuple[bool, str]:
-    """Sort key of a result: GPU runs above CPU runs, then newer above older."""
-    env = result["environment"]
-    return env["device_kind"] == "cuda", env["timestamp"]
+def _better(new: dict, old: dict) -> bool:
+    """Whether result ``new`` is shown instead of ``old`` (both hold the suite): a GPU run over a CPU
+    run; of two runs of the same commit a ``--full`` run over a default one; else the newer run."""
+    new_env, old_env = new["environment"], old["environment"]
+    new_gpu, old_gpu = new_env["device_kind"] == "cuda", old_env["device_kind"] == "cuda"
+    if new_gpu != old_gpu:
+        return new_gpu
+    if new_env["commit"] and new_env["commit"] == old_env["commit"] and bool(new.get("full")) != bool(old.get("full")):
+        return bool(new.get("full"))
+    return new_env["timestamp"] > old_env["timestamp"]
 
 
 def newest_results(directory: Path) -> dict[str, tuple[Path, dict]]:
-    """Per suite, ``(path, result)`` of the result file to show: the newest valid full (not
-    ``--quick``) run holding the suite, a GPU run before any CPU run."""
+    """Per suite, ``(path, result)`` of the result file to show (:func:`_better`): the newest valid run
+    holding the suite that is not ``--quick``."""
     best: dict[str, tuple[Path, dict]] = {}
     for path in sorted(directory.glob("*.json")):
         try:
@@ -51,9 +58,28 @@ def newest_results(directory: Path) -> dict[str, tuple[Path, dict]]:
         if validate(result) or result.get("quick"):
             continue
         for suite in result["suites"]:
-            if suite not in best or _rank(result) > _rank(best[suite][1]):
+            if suite not in best or _better(result, best[suite][1]):
                 best[suite] = (path, result)
     return best
+
+
+def provenance(path: Path, result: dict, suite: str, readme_dir: Path) -> str:
+    """The line above a section: device, commit, date, command, link, and how it was measured (CPU
+    model, threads, nice level, the suite's time and the load average before and after it)."""
+    env = result["environment"]
+    link = Path(os.path.relpath(path, readme_dir)).as_posix()
+    commit = f"commit `{env['commit']}`" if env["commit"] else f"vin-kernels {env['vin_kernels']} (no git commit)"
+    line = f"{env['device']}, {commit}, {env['timestamp'][:10]}; `{env['command']}` ([raw results]({link}))."
+    details = []
+    if env.get("cpu_model"):
+        details.append(f"{env['cpu_model']}, {env['threads']} torch threads, nice {env['nice']}")
+    run = result.get("suite_runs", {}).get(suite)
+    if run:
+        details.append(f"{run['seconds']:.0f} s")
+        before, after = run["load_average_before"], run["load_average_after"]
+        if before and after:
+            details.append(f"load average {before[0]:.2f} → {after[0]:.2f} (1 min)")
+    return line + (f" Measured on {'; '.join(details)}." if details else "")
 
 
 def render(results: dict[str, tuple[Path, dict]], readme_dir: Path) -> str:
@@ -67,11 +93,9 @@ def render(results: dict[str, tuple[Path, dict]], readme_dir: Path) -> str:
         if suite not in results:
             continue
         path, result = results[suite]
-        env = result["environment"]
-        link = Path(os.path.relpath(path, readme_dir)).as_posix()
         parts.append(
-            f"### {TITLES.get(suite, suite)}\n\n{env['device']}, commit `{env['commit']}`, {env['timestamp'][:10]}; "
-            f"`{env['command']}` ([raw results]({link})).\n\n{getattr(SUITES[suite], 'readme_markdown', SUITES[suite].markdown)(result['suites'][suite])}"
+            f"### {TITLES.get(suite, suite)}\n\n{provenance(path, result, suite, readme_dir)}\n\n"
+            f"{getattr(SUITES[suite], 'readme_markdown', SUITES[suite].markdown)(result['suites'][suite])}"
         )
         for plot in (path.with_name(f"{path.stem}-{suite}.png"), path.with_name(f"{path.stem}-{suite}-strip.png")):
             if plot.exists():
@@ -100,22 +124,29 @@ def update_readme(readme: Path, results_dir: Path) -> bool:
     return new != text
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.report",
-        description="Render the README's results section from the newest full (not --quick) benchmark runs. "
+def program_name(argv0: str | None = None) -> str:
+    """``python -m bench.report`` (the checkout's shim) or ``python -m vin_bench.report``."""
+    path = Path(sys.argv[0] if argv0 is None else argv0)
+    return "python -m bench.report" if path.name == "report.py" and path.parent.name == "bench" else "python -m vin_bench.report"
+
+
+def main(argv=None, prog: str | None = None) -> int:
+    parser = ArgumentParser(
+        prog=prog or program_name(),
+        description="Render the README's results section from the newest (not --quick) benchmark runs. "
         "Prints it; --readme writes it into README.md.",
     )
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results", help="folder of result files (default: bench/results)")
+    results, root = default_results_dir(), checkout_root() or Path.cwd()
+    parser.add_argument("--results", type=Path, default=results, help=f"folder of result files (default: {results})")
     parser.add_argument(
-        "--readme", type=Path, nargs="?", const=ROOT / "README.md", default=None,
-        help="write the section into this README (default with no path: the project's README.md) instead of printing it",
+        "--readme", type=Path, nargs="?", const=root / "README.md", default=None,
+        help=f"write the section into this README (default with no path: {root / 'README.md'}) instead of printing it",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.exit(2, f"{parser.prog}: error: --results {args.results}: not a directory\n")
     if args.readme is None:
-        print(render(newest_results(args.results), ROOT))
+        print(render(newest_results(args.results), root))
         return 0
     try:
         changed = update_readme(args.readme, args.results)

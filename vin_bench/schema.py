@@ -13,10 +13,19 @@ ENVIRONMENT_FIELDS = {
     "triton": (str, type(None)),
     "vin_kernels": str,
     "python": str,
-    "commit": str,
+    "commit": (str, type(None)),  # None: not run from a git checkout (an installed package)
     "command": str,
     "timestamp": str,
 }
+# Recorded since issue 19 (checked when present; older results lack them).
+OPTIONAL_ENVIRONMENT_FIELDS = {
+    "cpu_model": str,
+    "cpus": int,
+    "threads": int,
+    "nice": (int, type(None)),
+    "load_average": (list, type(None)),
+}
+SUITE_RUN_FIELDS = {"seconds": float, "load_average_before": (list, type(None)), "load_average_after": (list, type(None))}
 # Per suite: fields every row has (rows with an "error" need only the identifying ones).
 ROW_FIELDS = {
     "flops": {"video_frames": int, "latent_frames": int, "mode": str, "step_flops": int, "sample_flops": int,
@@ -60,6 +69,24 @@ def validate(result: dict) -> list[str]:
                 errors.append(f"environment.{name}: missing")
             else:
                 _check(errors, f"environment.{name}", env[name], kind)
+        for name, kind in OPTIONAL_ENVIRONMENT_FIELDS.items():
+            if name in env:
+                _check(errors, f"environment.{name}", env[name], kind)
+    for name in ("quick", "full"):
+        if name in result and not isinstance(result[name], bool):
+            errors.append(f"{name}: expected a bool, got {result[name]!r:.60}")
+    if result.get("quick") and result.get("full"):
+        errors.append("quick and full: a run is one or the other")
+    runs = result.get("suite_runs", {})
+    if not isinstance(runs, dict):
+        errors.append("suite_runs: expected an object")
+        runs = {}
+    for suite, run in runs.items():
+        for name, kind in SUITE_RUN_FIELDS.items():
+            if not isinstance(run, dict) or name not in run:
+                errors.append(f"suite_runs.{suite}.{name}: missing")
+            else:
+                _check(errors, f"suite_runs.{suite}.{name}", run[name], kind)
     ceilings = result.get("ceilings", "missing")
     if ceilings == "missing":
         errors.append("ceilings: missing (null on a CPU)")

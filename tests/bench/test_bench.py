@@ -1,6 +1,7 @@
 """The benchmark harness: the flops suite equals vin.flops, result files validate, the CPU quick run
-finishes in under 2 minutes under its own file name, the report skips quick runs and writes a README
-only when asked, the plots are readable, and the CLI fails fast with one-line errors."""
+finishes in under 2 minutes under its own file name and prints a short summary, the report skips quick
+runs and writes a README only when asked, the plots are readable, and the CLI fails fast with one-line
+errors. Runs, names, locations and the report's choice of files: tests/bench/test_runs.py."""
 
 import copy
 import json
@@ -37,7 +38,7 @@ def quick_run(tmp_path_factory):
     elapsed = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (result_file,) = out.glob("*.json")
-    return out, json.loads(result_file.read_text()), elapsed, done.stdout
+    return out, json.loads(result_file.read_text()), elapsed, done.stdout, result_file.with_suffix(".md").read_text()
 
 
 def _as_full_run(result: dict, timestamp: str, device_kind: str = "cpu") -> dict:
@@ -72,33 +73,46 @@ def test_flops_suite_equals_vin_flops():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="times the CPU quick run")
 def test_quick_run_finishes_in_under_two_minutes(quick_run):
-    _, result, elapsed, _ = quick_run
+    _, result, elapsed, _, _ = quick_run
     assert elapsed < 120, f"python -m bench --quick took {elapsed:.0f} s"
     runnable = {name for name in cli.SUITES if cli.unsupported_reason(name, torch.device("cpu")) is None}
     opt_in = {name for name in cli.SUITES if getattr(cli.SUITES[name], "OPT_IN", None)}
     assert opt_in <= {"quality", "diffusers"} and set(result["suites"]) == runnable - opt_in
 
 
-def test_result_file_validates_and_records_the_environment(quick_run):
-    out, result, _, stdout = quick_run
+def test_result_file_validates_and_records_the_environment_and_the_load(quick_run):
+    out, result, _, _, table = quick_run
     assert validate(result) == []
     env = result["environment"]
     assert env["command"] == f"python -m bench --quick --out {out}"
     assert env["torch"] == torch.__version__ and env["commit"]
-    stem = result_stem(env, quick=True)
+    assert env["cpu_model"] and env["threads"] == torch.get_num_threads() and isinstance(env["nice"], int)
+    assert set(result["suite_runs"]) == set(result["suites"])
+    for run in result["suite_runs"].values():
+        assert run["seconds"] >= 0 and len(run["load_average_before"]) == len(run["load_average_after"]) == 3
+    stem = result_stem(env, "quick")
     names = {p.name for p in out.iterdir()}
     assert f"{stem}.json" in names and f"{stem}.md" in names
     kernel_rows = result["suites"]["kernels"]["rows"]
     assert all(len(r["times_ms"]) >= 3 for r in kernel_rows if "error" not in r)
-    assert "| chunk_attention |" in stdout
+    assert "| chunk_attention |" in table and "load average" in table and "CPU: " in table
 
 
-def test_quick_results_are_named_apart_from_full_runs(quick_run):
-    out, result, _, _ = quick_run
+def test_the_run_prints_a_short_summary_not_the_tables(quick_run):
+    """Issue 19.3: the end of a run is the headline ratios and the paths, not the whole markdown."""
+    out, result, _, stdout, _ = quick_run
+    assert "| chunk_attention |" not in stdout and len(stdout.splitlines()) < 25, stdout
+    assert "full attention's time" in stdout and "FLOPs of full attention's" in stdout
+    (json_path,) = out.glob("*.json")
+    assert f"results: {json_path}" in stdout and f"tables:  {json_path.with_suffix('.md')}" in stdout
+
+
+def test_quick_results_are_named_apart_from_other_runs(quick_run):
+    out, result, _, _, _ = quick_run
     env = result["environment"]
-    assert result["quick"] is True
-    assert result_stem(env, quick=True) == result_stem(env) + "-quick"
-    assert all(p.name.startswith(result_stem(env, quick=True)) for p in out.iterdir()), sorted(out.iterdir())
+    assert result["quick"] is True and result["full"] is False
+    assert result_stem(env, "quick").endswith("-quick") and result_stem(env, "quick") != result_stem(env)
+    assert all(p.name.startswith(result_stem(env, "quick")) for p in out.iterdir()), sorted(out.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -120,7 +134,7 @@ def test_schema_names_what_is_wrong(quick_run, damage, message):
 
 def test_cpu_tables_claim_no_l2_flush_and_print_no_zero_rates(quick_run):
     """Issue 13.6: a CPU run's tables claimed an L2 flush and printed 0.0 TFLOP/s."""
-    stdout = quick_run[3]
+    stdout = quick_run[4]
     if torch.cuda.is_available():
         pytest.skip("CPU tables")
     assert "L2 flushed" not in stdout
@@ -164,7 +178,7 @@ def test_report_prints_by_default_and_writes_a_readme_only_with_readme(quick_run
     assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "### FLOPs: VIN vs full attention" in text and "| 1024 | 320 | vin_context |" in text
-    assert "old" not in text and text.endswith("## After\n")
+    assert "\nold\n" not in text and text.endswith("## After\n")
     assert "(results/cpu.json)" in text  # links relative to the README
 
 
@@ -176,12 +190,28 @@ def test_project_readme_has_the_results_section():
 # ------------------------------------------------------------------------------------ CLI
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--suite", "bogus"], "unknown suite"), (["--frames", "abc"], "comma-separated integers"), (["--frames", "8"], "at least 16")],
+    [
+        (["--suite", "bogus"], "--suite: unknown suite"),
+        (["--suite", ""], "--suite: unknown suite"),
+        (["--frames", "abc"], "--frames takes comma-separated integers"),
+        (["--frames", "8"], "at least 16"),
+        (["--quick", "--full"], "argument --full: not allowed with argument --quick"),
+        # Issue 19.12: this once ran without bound.
+        (["--suite", "flops", "--frames", "100000000"], "--frames 100000000: the flops suite takes at most 65536 video frames"),
+        (["--suite", "model", "--frames", "64,2048"], "--frames 2048: the model suite takes at most 1024 video frames"),
+        (["--frames", "4096"], "--frames 4096: the kernels suite takes at most 2048 video frames"),
+        (["--nonsense"], "unrecognized arguments: --nonsense"),
+    ],
 )
-def test_cli_rejects_bad_options(argv, message, capsys):
+def test_cli_rejects_bad_options_in_one_line_before_any_work(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for suite in cli.SUITES.values():
+        monkeypatch.setattr(suite, "run", lambda ctx: pytest.fail("a suite ran before the flags were checked"))
     with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(argv)
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        cli.main(argv, prog="vin-bench")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("vin-bench: error: ")
+    assert message in err, err
 
 
 def _unwritable_targets(tmp_path: Path) -> dict[str, Path]:
@@ -208,14 +238,20 @@ def test_out_that_cannot_hold_results_is_a_one_line_error_before_anything_runs(w
 
 
 def test_help_and_version_name_the_program_as_it_was_started():
-    module = _run(sys.executable, "-m", "bench", "--help")
-    assert module.returncode == 0 and module.stdout.startswith("usage: python -m bench ")
-    for markup in ("``", ":func:", ":data:", "::"):
-        assert markup not in module.stdout, f"raw RST {markup!r} in --help"
+    for module_name in ("bench", "vin_bench"):
+        module = _run(sys.executable, "-m", module_name, "--help")
+        assert module.returncode == 0 and module.stdout.startswith(f"usage: python -m {module_name} "), module.stdout[:200]
+        assert f"python -m {module_name} --full" in module.stdout
+        for markup in ("``", ":func:", ":data:", "::"):
+            assert markup not in module.stdout, f"raw RST {markup!r} in --help"
     version = _run(sys.executable, "-m", "bench", "--version")
     assert version.stdout.strip() == f"python -m bench {vin_kernels.__version__}"
+    report_help = _run(sys.executable, "-m", "vin_bench.report", "--help")
+    assert report_help.stdout.startswith("usage: python -m vin_bench.report ")
+    assert _run(sys.executable, "-m", "bench.report", "--help").stdout.startswith("usage: python -m bench.report ")
     assert cli.program_name("/usr/local/bin/vin-bench") == "vin-bench"
     assert cli.program_name(str(ROOT / "bench" / "__main__.py")) == "python -m bench"
+    assert cli.program_name(str(ROOT / "vin_bench" / "__main__.py")) == "python -m vin_bench"
     script = Path(sys.executable).with_name("vin-bench")
     if script.exists():  # the console script pip installed next to this Python
         console = _run(str(script), "--help")
@@ -225,8 +261,8 @@ def test_help_and_version_name_the_program_as_it_was_started():
 
 def test_no_plots_reports_only_the_files_it_wrote(tmp_path, capsys):
     assert cli.main(["--suite", "flops", "--frames", "64", "--no-plots", "--out", str(tmp_path)], prog="vin-bench") == 0
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("wrote ") and ".png" not in last and not last.endswith("and plots"), last
+    out = capsys.readouterr().out
+    assert "results: " in out and "plots:" not in out and ".png" not in out, out
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
 
 
@@ -281,7 +317,7 @@ def test_model_plot_keeps_every_point_and_labels_that_do_not_overlap():
     ] + [{"mode": "full", "video_frames": 4096, "error": "out of memory"}]  # fmt: skip
     fig = plots.model_figure({"preset": "cpu", "rows": rows})
     ax = _drawn(fig)
-    assert [len(line.get_xdata()) for line in ax.get_lines()] == [len(lengths)] * 3
+    assert [len(bars.lines[0].get_xdata()) for bars in ax.containers] == [len(lengths)] * 3  # one errorbar line per mode
     major = list(ax.get_xticks())
     assert major[0] == lengths[0] and major[-1] == lengths[-1] and len(major) <= plots.MAX_TICK_LABELS
     assert sorted(major + list(ax.get_xticks(minor=True))) == lengths  # every length is a tick

@@ -1,20 +1,27 @@
-"""kernels suite: every vin_kernels op against the strongest baselines, side by side in one run.
+"""kernels suite: every vin_kernels op against full attention and the strongest baselines, in one run.
+
+Every chunk-attention row leads with *time / full*: its median time over that of SDPA full attention
+over the whole sequence of N tokens (what chunking replaces), beside *FLOPs / full* (the FLOP ratio
+of the two, :mod:`vin_kernels.flops`). Ratios are times over times: below 1 is faster (bold).
 
 GPU (bf16, the paper shape: 80 latent frames x 240 tokens, chunks of 20 frames with 8 of context,
-512 globals, 16 heads, D = 72 and 128, plus a sweep over N): the Triton / CUDA kernels against
-PyTorch SDPA with the flash, cuDNN and memory-efficient backends forced on the *materialized
-equivalent* (each group of equal chunks as one dense problem, :func:`vin_kernels.sdpa.chunk_windows`;
-the materialization is not timed), the ``sdpa`` backend (materialize + SDPA, timed whole: the
-strongest composite a user without these kernels would write), flash-attn and xformers when
-importable. Reported: median ms (with raw times), TFLOP/s or GB/s, % of the ceilings measured at the
-start of the run, and the speed-up over the fastest same-work baseline.
+512 globals, 16 heads, D = 72 and 128; ``--full`` adds a sweep over N): the Triton / CUDA kernels
+against SDPA full attention and, for the same work, PyTorch SDPA with the flash, cuDNN and
+memory-efficient backends forced on the *materialized equivalent* (each group of equal chunks as
+one dense problem, :func:`vin_kernels.sdpa.chunk_windows`; the materialization is not timed), the
+``sdpa`` backend (materialize + SDPA, timed whole: the strongest composite a user without these
+kernels would write), flash-attn and xformers when importable. Reported: median ms (with raw
+times), TFLOP/s or GB/s, % of the ceilings measured at the start of the run, and the speed-up over
+the fastest same-work baseline.
 
 CPU (fp32, the CPU shapes of issue 8: H=6, D=64, 60 tokens per latent frame, chunks of 20 frames
-with 12 of context, 128 globals; N from 2400 to 9600 tokens, i.e. 128 to 512 video frames from
-``--frames``): the ``sdpa`` backend (forward and forward+backward) against SDPA full attention over
-the whole sequence (what chunking replaces), FlexAttention compiled with the same mask (forward only:
-FlexAttention has no CPU backward) and the reference. Median of 5 after a warm-up, thread count
-recorded. ``--quick`` on a CPU: one tiny shape, a smoke run of the harness.
+with 12 of context, 128 globals): the ``sdpa`` backend (forward and forward+backward) against SDPA
+full attention, FlexAttention compiled with the same mask (forward only: FlexAttention has no CPU
+backward) and, with ``--full``, the pure-PyTorch reference. The default run takes the paper-like
+length, 256 video frames (80 latent frames, N = 4800 tokens, about 15 s on 2 cores); ``--full`` also
+128 and 512 (N = 2400 and 9600); ``--frames`` picks the lengths (at least 128 video frames, at most
+:data:`CPU_MAX_VIDEO_FRAMES_GIVEN`). Median of 5 after a warm-up, thread count recorded. ``--quick`` on
+a CPU: one tiny shape, a smoke run of the harness.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ from vin_kernels import flops as kernel_flops
 from vin_kernels.sdpa import chunk_windows
 
 from ..timing import measure, summary
-from . import Context, latent_frames
+from . import Context, latent_frames, ratio_cell
 
 PASS_FLOP_FACTOR = {"fwd": 1.0, "bwd": kernel_flops.BACKWARD_FACTOR, "fwd+bwd": 1.0 + kernel_flops.BACKWARD_FACTOR}
-CPU_MAX_VIDEO_FRAMES = 512  # N = 9600 tokens at 60 per latent frame; --frames 1024 asks for more
+CPU_DEFAULT_VIDEO_FRAMES = (256,)  # the paper's 80 latent frames: N = 4800 tokens at 60 per latent frame
+CPU_FULL_VIDEO_FRAMES = (128, 256, 512)  # --full: N = 2400 to 9600
+# The longest --frames length on a CPU: N = 38400 tokens. SDPA full attention there is 16x the work
+# at N = 9600 (fwd+bwd 3.6 s measured on 2 cores): about a minute per call, 6 minutes for the shape.
+CPU_MAX_VIDEO_FRAMES_GIVEN = 2048
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,23 @@ class AttentionShape:
     @property
     def tokens(self) -> int:
         return self.frames * self.tokens_per_frame
+
+    @property
+    def label(self) -> str:
+        """``N=4800 (80 x 60), chunk 20 + context 12 frames, 128 globals, 6 heads, D=64``."""
+        name = "" if self.name.startswith("N=") else f"{self.name}: "
+        return (
+            f"{name}N={self.tokens} ({self.frames} x {self.tokens_per_frame}), chunk {self.chunk} + context {self.context} "
+            f"frames, {self.num_global} globals, {self.heads} heads, D={self.head_dim}"
+        )
+
+    @property
+    def keyframe_label(self) -> str:
+        """The global read: ``128 global queries, keyframes every 5 of 80 frames (N=4800), 6 heads, D=64``."""
+        return (
+            f"{self.num_global} global queries, keyframes every {self.keyframe_stride} of {self.frames} frames "
+            f"(N={self.tokens}), {self.heads} heads, D={self.head_dim}"
+        )
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -81,14 +109,20 @@ def supported(device: torch.device) -> bool:
     return True
 
 
+def max_video_frames(device: torch.device) -> int | None:
+    """The longest ``--frames`` length the suite takes (None: it does not read ``--frames``, as on a GPU)."""
+    return None if device.type == "cuda" else CPU_MAX_VIDEO_FRAMES_GIVEN
+
+
 def cpu_shapes(ctx: Context) -> list[AttentionShape]:
-    """The CPU shapes: one per ``--frames`` length from 128 video frames (40 latent, N = 2400) up to
-    :data:`CPU_MAX_VIDEO_FRAMES` (or every length given when ``--frames`` asks for longer ones)."""
+    """The CPU shapes: the ``--frames`` lengths of at least 128 video frames (40 latent, N = 2400) when
+    given, else :data:`CPU_DEFAULT_VIDEO_FRAMES` (``--full``: :data:`CPU_FULL_VIDEO_FRAMES`)."""
     if ctx.quick:
         return [CPU_QUICK_SHAPE]
-    lengths = [f for f in ctx.video_frames if f >= 128]
-    if not ctx.frames_given:
-        lengths = [f for f in lengths if f <= CPU_MAX_VIDEO_FRAMES]
+    if ctx.frames_given:  # below 40 latent frames a chunk of 20 + 12 of context is nearly the whole video
+        lengths = [f for f in ctx.video_frames if f >= 128] or [max(ctx.video_frames)]
+    else:
+        lengths = CPU_FULL_VIDEO_FRAMES if ctx.full else CPU_DEFAULT_VIDEO_FRAMES
     return [
         AttentionShape(f"N={latent_frames(f) * CPU['tokens_per_frame']}", frames=latent_frames(f), **CPU) for f in lengths
     ]
@@ -140,6 +174,9 @@ def materialize_keyframes(k, v, shape: AttentionShape):
 
 
 # ------------------------------------------------------------------------------------ timing rows
+# Row kinds: "vin" (vin_kernels), "full" (SDPA full attention over the whole sequence: what chunking
+# replaces), "baseline" (the same work by other means: FlexAttention, dense SDPA backends on the
+# materialized chunks, the sdpa composite on a GPU), "reference" (vin_kernels.reference, the spec).
 def _timed_row(ctx: Context, op, shape_name, shape_args, pass_, impl, kind, fn, work: dict) -> dict:
     row = {"op": op, "shape": shape_name, "shape_args": shape_args, "pass": pass_, "impl": impl, "kind": kind}
     try:
@@ -190,20 +227,48 @@ def _chunk_inputs(shape: AttentionShape, device, dtype):
     return q, k, v, gk, gv
 
 
-def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
-    """GPU: the kernels against dense attention on the materialized problems and the sdpa composite."""
-    device = ctx.device
+def _chunk_flops(shape: AttentionShape) -> tuple[float, float]:
+    """Forward FLOPs of the chunk attention of ``shape`` and of full attention over its N tokens."""
     B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
+    sizes = shape.sizes
+    chunk = kernel_flops.chunk_attention_flops(B, N, H, D, sizes["chunk_size"], sizes["context_size"], G)
+    return chunk, kernel_flops.chunk_attention_flops(B, N, H, D, N, 0, 0)
+
+
+def _chunk_args(shape: AttentionShape) -> dict:
+    return asdict(shape) | {"tokens": shape.tokens, **shape.sizes}
+
+
+def _full_attention_rows(ctx: Context, shape: AttentionShape, dtype, full_flops: float):
+    """SDPA full attention over the whole sequence (its default backend), heads-first: what chunking replaces."""
+    B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
+    qh, kh, vh = (torch.randn(B, H, N, D, device=ctx.device, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, N, D, device=ctx.device, dtype=dtype)
+
+    def forward():
+        return F.scaled_dot_product_attention(qh, kh, vh)
+
+    args = _chunk_args(shape)
+    with torch.no_grad():
+        yield _timed_row(ctx, "chunk_attention", shape.label, args, "fwd", "sdpa_full_attention", "full", forward, {"flops": full_flops})
+    work = {"flops": PASS_FLOP_FACTOR["fwd+bwd"] * full_flops}
+    yield _timed_row(ctx, "chunk_attention", shape.label, args, "fwd+bwd", "sdpa_full_attention", "full",
+                     lambda: torch.autograd.grad(forward(), (qh, kh, vh), do), work)  # fmt: skip
+
+
+def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype):
+    """GPU: the kernels against full attention, dense attention on the materialized problems and the sdpa composite."""
+    device = ctx.device
+    B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
     sizes = shape.sizes
     leaves = _chunk_inputs(shape, device, dtype)
     q, k, v, gk, gv = leaves
     do = torch.randn(B, N, H, D, device=device, dtype=dtype)
-    base_flops = kernel_flops.chunk_attention_flops(B, N, H, D, sizes["chunk_size"], sizes["context_size"], G)
-    args = asdict(shape)
-    rows = []
+    base_flops, full_flops = _chunk_flops(shape)
+    args = _chunk_args(shape)
 
-    def add(pass_, impl, kind, fn):
-        rows.append(_timed_row(ctx, "chunk_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops}))
+    def row(pass_, impl, kind, fn):
+        return _timed_row(ctx, "chunk_attention", shape.label, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops})
 
     for backend in [*_vin_backends(device, "chunk_attention"), "sdpa"]:
         kind = "baseline" if backend == "sdpa" else "vin"  # on a GPU the sdpa backend is the composite baseline
@@ -211,9 +276,9 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[di
         def forward(backend=backend):
             return vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **sizes)
 
-        add("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
-        add("bwd", f"vin_{backend}", kind, _backward_timer(lambda f=forward: [f()], leaves))
-        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
+        yield row("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
+        yield row("bwd", f"vin_{backend}", kind, _backward_timer(lambda f=forward: [f()], leaves))
+        yield row("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
 
     plain = [t.detach() for t in leaves]
     groups = [tuple(t.detach().requires_grad_() for t in g) for g in materialize_chunks(*plain, shape)]
@@ -223,10 +288,11 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[di
         def forward(impl=impl):
             return _attend(impl, groups)
 
-        add("fwd", name, "baseline", lambda f=forward: [o.detach() for o in f()])
-        add("bwd", name, "baseline", _backward_timer(forward, group_leaves))
-        add("fwd+bwd", name, "baseline", lambda f=forward: _grad_of(f(), group_leaves))
-    return rows
+        yield row("fwd", name, "baseline", lambda f=forward: [o.detach() for o in f()])
+        yield row("bwd", name, "baseline", _backward_timer(forward, group_leaves))
+        yield row("fwd+bwd", name, "baseline", lambda f=forward: _grad_of(f(), group_leaves))
+    del groups, group_leaves
+    yield from _full_attention_rows(ctx, shape, dtype, full_flops)
 
 
 def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
@@ -257,50 +323,43 @@ def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
     return (lambda: compiled(qh, kh, vh, block_mask=block_mask)), time.perf_counter() - start
 
 
-def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape) -> list[dict]:
-    """CPU: the sdpa backend against SDPA full attention, FlexAttention and the reference (fp32)."""
-    B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
+def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape):
+    """CPU: the sdpa backend against SDPA full attention, FlexAttention and (``--full``) the reference (fp32)."""
+    B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
     sizes = shape.sizes
     leaves = _chunk_inputs(shape, ctx.device, torch.float32)
     q, k, v, gk, gv = leaves
     do = torch.randn(B, N, H, D)
-    chunk_flops = kernel_flops.chunk_attention_flops(B, N, H, D, sizes["chunk_size"], sizes["context_size"], G)
-    full_flops = kernel_flops.chunk_attention_flops(B, N, H, D, N, 0, 0)
-    args = asdict(shape) | {"tokens": N, "chunk_size": sizes["chunk_size"], "context_size": sizes["context_size"]}
-    rows = []
+    chunk_flops, full_flops = _chunk_flops(shape)
+    args = _chunk_args(shape)
 
-    def add(pass_, impl, kind, fn, flops=chunk_flops):
-        rows.append(_timed_row(ctx, "chunk_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * flops}))
+    def row(pass_, impl, kind, fn):
+        return _timed_row(ctx, "chunk_attention", shape.label, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * chunk_flops})
 
-    for backend in ("sdpa", "reference"):
+    for backend in ("sdpa", "reference") if ctx.full or ctx.quick else ("sdpa",):
 
         def forward(backend=backend):
             return vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **sizes)
 
-        kind = "vin" if backend == "sdpa" else "baseline"
+        kind = "vin" if backend == "sdpa" else "reference"
         with torch.no_grad():
-            add("fwd", f"vin_{backend}", kind, forward)
-        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
+            yield row("fwd", f"vin_{backend}", kind, forward)
+        yield row("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
 
-    qh, kh, vh = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))  # its fastest layout
-    with torch.no_grad():
-        add("fwd", "sdpa_full_attention", "full", lambda: F.scaled_dot_product_attention(qh, kh, vh), full_flops)
-    add("fwd+bwd", "sdpa_full_attention", "full",
-        lambda: torch.autograd.grad(F.scaled_dot_product_attention(qh, kh, vh), (qh, kh, vh), do.transpose(1, 2)), full_flops)  # fmt: skip
+    yield from _full_attention_rows(ctx, shape, torch.float32, full_flops)
 
     try:
         with torch.no_grad():
             flex, setup_s = _flex_chunk_attention(*(t.detach() for t in leaves), shape)
-            add("fwd", "flex_attention_compiled", "baseline", flex)
-        rows[-1]["setup_seconds"] = setup_s  # block mask + compile, not timed in the row
+            flex_row = row("fwd", "flex_attention_compiled", "baseline", flex)
+        yield flex_row | {"setup_seconds": setup_s}  # block mask + compile, not timed in the row
     except Exception as err:  # noqa: BLE001
-        rows.append(_error_row("chunk_attention", shape.name, args, "fwd", "flex_attention_compiled", "baseline", f"{type(err).__name__}: {err}"[:200]))
-    rows.append(_error_row("chunk_attention", shape.name, args, "fwd+bwd", "flex_attention_compiled", "baseline",
-                           "not run: FlexAttention has no backward on a CPU (inference only)"))  # fmt: skip
-    return rows
+        yield _error_row("chunk_attention", shape.label, args, "fwd", "flex_attention_compiled", "baseline", f"{type(err).__name__}: {err}"[:200])
+    yield _error_row("chunk_attention", shape.label, args, "fwd+bwd", "flex_attention_compiled", "baseline",
+                     "not run: FlexAttention has no backward on a CPU (inference only)")  # fmt: skip
 
 
-def _global_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
+def _global_attention_rows(ctx: Context, shape: AttentionShape, dtype):
     device = ctx.device
     B, N, H, D, G = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.num_global
     kw = dict(tokens_per_frame=shape.tokens_per_frame, keyframe_stride=shape.keyframe_stride)
@@ -309,32 +368,30 @@ def _global_attention_rows(ctx: Context, shape: AttentionShape, dtype) -> list[d
     do = torch.randn(B, G, H, D, device=device, dtype=dtype)
     base_flops = kernel_flops.global_attention_flops(B, G, H, D, N, shape.tokens_per_frame, shape.keyframe_stride, 0)
     args = asdict(shape)
-    rows = []
 
-    def add(pass_, impl, kind, fn):
-        rows.append(_timed_row(ctx, "global_attention", shape.name, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops}))
+    def row(pass_, impl, kind, fn):
+        return _timed_row(ctx, "global_attention", shape.keyframe_label, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * base_flops})
 
     gpu = device.type == "cuda"
     impls = [(b, "vin") for b in _vin_backends(device, "global_attention")]
-    impls.append(("sdpa", "baseline") if gpu else ("reference", "baseline"))  # the composite / the spec
+    impls.append(("sdpa", "baseline") if gpu else ("reference", "reference"))  # the composite / the spec
     for backend, kind in impls:
 
         def forward(backend=backend):
             return vk.global_attention(gq, k, v, backend=backend, **kw)
 
-        add("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
-        add("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), (gq, k, v), do))
+        yield row("fwd", f"vin_{backend}", kind, lambda f=forward: f().detach())
+        yield row("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), (gq, k, v), do))
 
     if gpu:
         kk, vv = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in materialize_keyframes(k.detach(), v.detach(), shape))
         group = [(gq.detach().transpose(1, 2).contiguous().requires_grad_(), kk, vv)]
         for name, impl in _impls(device).items():
-            add("fwd", name, "baseline", lambda impl=impl: _attend(impl, group)[0].detach())
-            add("fwd+bwd", name, "baseline", lambda impl=impl: _grad_of(_attend(impl, group), group[0]))
-    return rows
+            yield row("fwd", name, "baseline", lambda impl=impl: _attend(impl, group)[0].detach())
+            yield row("fwd+bwd", name, "baseline", lambda impl=impl: _grad_of(_attend(impl, group), group[0]))
 
 
-def _merge_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
+def _merge_rows(ctx: Context, shape: AttentionShape, dtype):
     device = ctx.device
     B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
     o_a, o_b = (torch.randn(B, N, H, D, device=device, dtype=dtype) for _ in range(2))
@@ -344,14 +401,12 @@ def _merge_rows(ctx: Context, shape: AttentionShape, dtype) -> list[dict]:
     impls = [(f"vin_{b}", "vin", b) for b in _vin_backends(device, "merge_attention")]
     if device.type == "cuda":
         impls.append(("torch_composite", "baseline", "sdpa"))
-    return [
-        _timed_row(ctx, "merge_attention", shape.name, asdict(shape), "fwd", impl, kind,
-                   lambda backend=backend: vk.merge_attention(o_a, lse_a, o_b, lse_b, backend=backend), work)  # fmt: skip
-        for impl, kind, backend in impls
-    ]
+    for impl, kind, backend in impls:
+        yield _timed_row(ctx, "merge_attention", f"N={N}, {H} heads, D={D}", asdict(shape), "fwd", impl, kind,
+                         lambda backend=backend: vk.merge_attention(o_a, lse_a, o_b, lse_b, backend=backend), work)  # fmt: skip
 
 
-def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
+def _overlap_fuse_rows(ctx: Context, dtype):
     device = ctx.device
     if device.type == "cuda":
         cases = [("paper latent B=1", 1, ChunkLayout.windows(80, 32, 12), (4, 24, 40)), ("B=16 F=160", 16, ChunkLayout.windows(160, 32, 12), (4, 24, 40))]
@@ -359,12 +414,12 @@ def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
         cases = [("tiny", 1, ChunkLayout.windows(40, 12, 4), (4, 8, 8))]
     else:
         cases = [("cpu preset latent F=160", 1, ChunkLayout.windows(160, 32, 12), (4, 12, 20))]
-    rows = []
     for name, B, layout, feat in cases:
         eps = torch.randn(B, layout.num_chunks, layout.chunk_len, *feat, device=device, dtype=dtype)
         x = torch.randn(B, layout.num_frames, *feat, device=device, dtype=dtype)
         features = eps[0, 0, 0].numel()
         args = {"batch": B, "layout": repr(layout), "features": list(feat)}
+        label = f"{name}, windows of {layout.chunk_len} overlapping by {layout.overlap_frames}"
         variants = {
             "blend": (dict(), eps.numel() + B * layout.num_frames * features),
             "fused_update_windows": (dict(x=x, coeffs=(0.98, -0.1), out_windows=True), 2 * eps.numel() + x.numel()),
@@ -374,54 +429,87 @@ def _overlap_fuse_rows(ctx: Context, dtype) -> list[dict]:
         for variant, (kwargs, elements) in variants.items():
             work = {"bytes": elements * eps.element_size()}
             for impl, kind, backend in backends:
-                rows.append(_timed_row(ctx, "overlap_fuse", f"{name} {variant}", args, "fwd", impl, kind,
-                                       lambda b=backend, kw=kwargs, e=eps, lo=layout: vk.overlap_fuse(e, lo, backend=b, **kw), work))  # fmt: skip
-    return rows
+                yield _timed_row(ctx, "overlap_fuse", f"{label}: {variant}", args, "fwd", impl, kind,
+                                 lambda b=backend, kw=kwargs, e=eps, lo=layout: vk.overlap_fuse(e, lo, backend=b, **kw), work)  # fmt: skip
 
 
 def _ratios(rows: list[dict]) -> None:
-    """Per vin row: speed-up over the fastest same-work baseline of its (op, shape, pass), and (CPU) the
-    time as a fraction of SDPA full attention and of FlexAttention."""
+    """Per vin row (and the same-work baselines): time / SDPA full attention and FLOPs / full attention
+    of its (op, shape, pass); time / FlexAttention and time / reference; and (GPU: same-work
+    baselines only) the speed-up over the fastest same-work baseline."""
     best: dict[tuple, float] = {}
-    by_impl: dict[tuple, float] = {}
+    by_impl: dict[tuple, dict] = {}
     for r in rows:
         if "median_ms" not in r:
             continue
         key = (r["op"], r["shape"], r["pass"])
-        by_impl[key + (r["impl"],)] = r["median_ms"]
+        by_impl[key + (r["impl"],)] = r
         if r["kind"] == "baseline":
             best[key] = min(best.get(key, float("inf")), r["median_ms"])
     for r in rows:
         key = (r["op"], r["shape"], r["pass"])
-        if r["kind"] != "vin" or "median_ms" not in r:
+        if r["kind"] not in ("vin", "baseline", "reference") or "median_ms" not in r:
             continue
-        if key in best:
+        if r["kind"] == "vin" and key in best:
             r["ratio_to_best_baseline"] = best[key] / r["median_ms"]
-        for name, impl in (("time_vs_full_attention", "sdpa_full_attention"), ("time_vs_flex_attention", "flex_attention_compiled")):
+        full = by_impl.get(key + ("sdpa_full_attention",))
+        if full is not None:
+            r["time_vs_full_attention"] = r["median_ms"] / full["median_ms"]
+            r["flop_ratio_to_full"] = r["flops"] / full["flops"]
+        if r["kind"] != "vin":
+            continue
+        for name, impl in (("time_vs_flex_attention", "flex_attention_compiled"), ("time_vs_reference", "vin_reference")):
             if key + (impl,) in by_impl:
-                r[name] = r["median_ms"] / by_impl[key + (impl,)]
+                r[name] = r["median_ms"] / by_impl[key + (impl,)]["median_ms"]
 
 
 def run(ctx: Context) -> dict:
     gpu = ctx.device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
     if gpu:
-        shapes = GPU_SHAPES[:2] if ctx.quick else GPU_SHAPES
-        jobs = [(lambda s=s: _chunk_attention_rows(ctx, s, dtype)) for s in shapes]
+        shapes = GPU_SHAPES[:1] if ctx.quick else GPU_SHAPES if ctx.full else GPU_SHAPES[:2]
+        jobs = [_chunk_attention_rows(ctx, s, dtype) for s in shapes]
         global_shapes = shapes[:2]
     else:
         shapes = cpu_shapes(ctx)
-        jobs = [(lambda s=s: _cpu_chunk_attention_rows(ctx, s)) for s in shapes]
+        jobs = [_cpu_chunk_attention_rows(ctx, s) for s in shapes]
         global_shapes = shapes[-1:]
-    jobs += [(lambda s=s: _global_attention_rows(ctx, s, dtype)) for s in global_shapes]
-    jobs += [(lambda: _merge_rows(ctx, shapes[-1], dtype)), (lambda: _overlap_fuse_rows(ctx, dtype))]
+    jobs += [_global_attention_rows(ctx, s, dtype) for s in global_shapes]
+    jobs += [_merge_rows(ctx, shapes[-1], dtype), _overlap_fuse_rows(ctx, dtype)]
     rows = []
-    for job in ctx.progress(jobs, desc="kernels"):
-        rows.extend(job())
+    for row in ctx.progress((row for job in jobs for row in job), desc="kernels: timed rows"):
+        rows.append(row)
         if gpu:
             torch.cuda.empty_cache()
     _ratios(rows)
-    return {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(), "device_kind": ctx.device.type, "rows": rows}
+    return {
+        "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(), "device_kind": ctx.device.type,
+        "full": ctx.full, "rows": rows,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ report
+def headline(result: dict) -> list[str]:
+    """The summary lines: chunk attention's time and FLOPs against full attention (and FlexAttention)."""
+    lines = []
+    for r in result["rows"]:
+        if r["op"] == "chunk_attention" and r["kind"] == "vin" and "time_vs_full_attention" in r:
+            flex = f", {r['time_vs_flex_attention']:.2f}x FlexAttention's time" if "time_vs_flex_attention" in r else ""
+            lines.append(
+                f"chunk_attention {r['pass']} ({r['impl']}, {r['shape']}): {r['time_vs_full_attention']:.2f}x full "
+                f"attention's time for {r['flop_ratio_to_full']:.2f}x its FLOPs{flex}"
+            )
+    return lines
+
+
+def _legend(result: dict) -> str:
+    return (
+        "*time / full* = median time / that of SDPA full attention over the whole sequence of N tokens (the "
+        "work chunking replaces), *FLOPs / full* = the FLOP ratio of the two; every ratio is a time over a time, "
+        "**bold** below 1 (faster). Shapes: N tokens (latent frames x tokens per latent frame), chunks of "
+        "*chunk* latent frames whose queries also attend the *context* latent frames before them and the global "
+        "tokens; global_attention: the VIN's read of every keyframe."
+    )
 
 
 def markdown(result: dict) -> str:
@@ -429,19 +517,24 @@ def markdown(result: dict) -> str:
         return _cpu_markdown(result)
     lines = [
         f"Median ms over many runs ({result['dtype']}), L2 flushed before each; rate = useful FLOPs or bytes / "
-        "median; speed-up = fastest same-work baseline / vin_kernels. Errors are baselines that cannot run the shape.",
+        "median; speed-up = fastest same-work baseline (dense SDPA backends on the materialized chunks, the sdpa "
+        "composite, flash-attn, xformers) / vin_kernels. " + _legend(result) + " Errors are baselines that cannot run the shape.",
         "",
-        "| op | shape | pass | impl | median ms | TFLOP/s or GB/s | % of ceiling | speed-up vs best baseline |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| op | shape | pass | impl | median ms | time / full | FLOPs / full | TFLOP/s or GB/s | % of ceiling | speed-up vs best same-work baseline |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | error: {r['error'][:60]} | | | |")
+            lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | error: {r['error'][:60]} | | | | | |")
             continue
         rate = f"{r['tflops']:.1f}" if "tflops" in r else f"{r['gbps']:.0f}"
         pct = f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "-"
-        ratio = f"{r['ratio_to_best_baseline']:.2f}x" if "ratio_to_best_baseline" in r else ""
-        lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['median_ms']:.3f} | {rate} | {pct} | {ratio} |")
+        speedup = f"{r['ratio_to_best_baseline']:.2f}x" if "ratio_to_best_baseline" in r else ""
+        flops = f"{r['flop_ratio_to_full']:.2f}" if "flop_ratio_to_full" in r else ""
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['median_ms']:.3f} | "
+            f"{ratio_cell(r.get('time_vs_full_attention'))} | {flops} | {rate} | {pct} | {speedup} |"
+        )
     return "\n".join(lines)
 
 
@@ -450,20 +543,21 @@ def _cpu_markdown(result: dict) -> str:
     runs = max((len(r["times_ms"]) for r in result["rows"] if "times_ms" in r), default=0)
     lines = [
         f"CPU, {result['dtype']}, {result['threads']} threads: median wall-clock ms of {runs} runs after a warm-up "
-        "(p20-p80 in brackets). *vs full* = time / SDPA full attention over the whole sequence (the work "
-        "chunking replaces); *vs Flex* = time / FlexAttention compiled with the same mask (forward only: "
-        "FlexAttention has no CPU backward); *speed-up* = fastest same-work baseline / vin_kernels.",
+        "(p20-p80 in brackets). " + _legend(result) + " *time / Flex* = time / FlexAttention compiled with the "
+        "same mask (forward only: FlexAttention has no CPU backward); *time / reference* = time / the pure-PyTorch "
+        "reference `vin_kernels.reference` (the specification, not a baseline; `--full` runs it).",
         "",
-        "| op | shape | pass | impl | median ms | vs full | vs Flex | speed-up vs best baseline |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| op | shape | pass | impl | median ms | time / full | FLOPs / full | time / Flex | time / reference |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['error'][:70]} | | | |")
+            lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {r['error'][:70]} | | | | |")
             continue
         spread = f"{r['median_ms']:.1f} [{r['p20_ms']:.1f}-{r['p80_ms']:.1f}]"
-        full = f"{r['time_vs_full_attention']:.2f}x" if "time_vs_full_attention" in r else ""
-        flex = f"{r['time_vs_flex_attention']:.2f}x" if "time_vs_flex_attention" in r else ""
-        ratio = f"{r['ratio_to_best_baseline']:.2f}x" if "ratio_to_best_baseline" in r else ""
-        lines.append(f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {spread} | {full} | {flex} | {ratio} |")
+        flops = f"{r['flop_ratio_to_full']:.2f}" if "flop_ratio_to_full" in r else ""
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {r['pass']} | {r['impl']} | {spread} | {ratio_cell(r.get('time_vs_full_attention'))} | "
+            f"{flops} | {ratio_cell(r.get('time_vs_flex_attention'))} | {ratio_cell(r.get('time_vs_reference'))} |"
+        )
     return "\n".join(lines)

@@ -1,16 +1,17 @@
 """model suite: one denoising step and a full sample, VIN vs full attention, as videos grow.
 
-GPU: the paper preset with random bf16 weights at 64, 128, 256, 512 video frames (``--frames``)
-and further as memory allows (a mode stops at its first out-of-memory): median step latency,
-peak memory (``torch.cuda.max_memory_allocated`` and NVML's device memory), mean power and SM clock
-while stepping (nvidia-ml-py), and the latency of one whole 50-step sample for videos up to
+GPU: the paper preset with random bf16 weights at 256 and 1024 video frames (``--full``: 64 to 1024,
+or the ``--frames`` lengths; a mode stops at its first out-of-memory): median step latency, peak
+memory (``torch.cuda.max_memory_allocated`` and NVML's device memory), mean power and SM clock while
+stepping (nvidia-ml-py), and (``--full``) the latency of one whole 50-step sample for videos up to
 ``SAMPLE_MAX_FRAMES`` frames.
 
-CPU: the ``cpu`` preset (fp32, random weights) at 64 to 512 video frames (the ``--frames`` lengths up
-to ``CPU_MAX_VIDEO_FRAMES`` unless ``--frames`` is given): the median of 5 steps after a warm-up, the
-step time per latent frame, and the peak resident memory above the pre-step level (sampled every
-5 ms from /proc/self/statm). Full attention runs on the same ``sdpa`` backend, the fastest CPU path.
-``--quick`` on a CPU: the tiny preset at two lengths, latency only.
+CPU: the ``cpu`` preset (fp32, random weights) at 256 and 512 video frames (80 and 160 latent
+frames; ``--full``: 64 to 512; or the ``--frames`` lengths, at most :data:`CPU_MAX_VIDEO_FRAMES_GIVEN`):
+the median of 3 steps (``--full``: 5) after a warm-up, the step time per latent frame, and the peak
+resident memory above the pre-step level (sampled every 5 ms from /proc/self/statm). Full attention
+runs on the same ``sdpa`` backend, the fastest CPU path. ``--quick`` on a CPU: the tiny preset at two
+lengths, latency only.
 """
 
 from __future__ import annotations
@@ -27,16 +28,28 @@ import vin
 from vin_kernels import ChunkLayout
 
 from ..timing import measure, summary, sync
-from . import Context, latent_frames
+from . import Context, latent_frames, layout_definitions, mode_caption, ratio_cell
+from .flops import max_video_frames as flops_max_video_frames
+from .flops import wins_from
 
 MODES = ("full", "vin_context", "vin_windows")
 SAMPLE_MAX_FRAMES = 256  # whole 50-step samples above this take minutes per mode (GPU)
-CPU_MAX_VIDEO_FRAMES = 512  # a full-attention step of the cpu preset at 512 video frames: ~5 s
+GPU_DEFAULT_VIDEO_FRAMES = (256, 1024)
+CPU_DEFAULT_VIDEO_FRAMES = (256, 512)  # the default run: 80 and 160 latent frames
+CPU_FULL_VIDEO_FRAMES = (64, 128, 256, 512)  # --full; a full-attention step at 512 takes ~5 s (2 cores)
+# The longest --frames length on a CPU: a full-attention step at 1024 video frames (320 latent) is
+# about 4x the 5 s measured at 512, so 6 steps per mode and the memory pass take minutes.
+CPU_MAX_VIDEO_FRAMES_GIVEN = 1024
 
 
 def supported(device: torch.device) -> bool:
     """Runs on any device: the paper preset on a GPU, the cpu preset on a CPU."""
     return True
+
+
+def max_video_frames(device: torch.device) -> int:
+    """The longest ``--frames`` length the suite takes (a GPU stops each mode at its first out-of-memory)."""
+    return flops_max_video_frames(device) if device.type == "cuda" else CPU_MAX_VIDEO_FRAMES_GIVEN
 
 
 def _glibc():
@@ -144,7 +157,7 @@ def _setup(preset, mode: str, frames: int):
     return (preset.context_layout(frames) if mode == "vin_context" else preset.window_layout(frames)), True
 
 
-def _step(preset, model, net_vin, mode: str, frames: int, device):
+def _step(preset, model, net_vin, mode: str, frames: int, device, bar=None):
     """``(step, layout, with_vin, text)``: one DDIM step of ``mode`` on a random ``frames``-frame video."""
     layout, with_vin = _setup(preset, mode, frames)
     dit = preset.dit
@@ -156,22 +169,37 @@ def _step(preset, model, net_vin, mode: str, frames: int, device):
     step_vin = net_vin if with_vin else None
 
     def step():
-        return vin.sampling.denoise_step(model, step_vin, state, text, 980, 960, layout, fuse=layout.is_windows, schedule=schedule)
+        out = vin.sampling.denoise_step(model, step_vin, state, text, 980, 960, layout, fuse=layout.is_windows, schedule=schedule)
+        if bar is not None:
+            bar.update()
+        return out
 
     return step, layout, with_vin, text
 
 
-def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool) -> dict:
+def _iterations(ctx: Context) -> tuple[int, int]:
+    """``(warm-up, timed)`` steps per mode and length."""
+    if ctx.device.type == "cuda":
+        return (1, 3) if ctx.quick else (2, 10)
+    return (1, 3) if ctx.quick or not ctx.full else (1, 5)
+
+
+def _sample_steps(ctx: Context, preset) -> int:
+    """Steps of a whole sample: the preset's (50); 4 in a ``--quick`` run (a smoke test of the path)."""
+    return 4 if ctx.quick else preset.steps
+
+
+def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool, bar=None) -> dict:
     device = ctx.device
     frames = latent_frames(video_frames)
-    step, layout, with_vin, text = _step(preset, model, net_vin, mode, frames, device)
+    step, layout, with_vin, text = _step(preset, model, net_vin, mode, frames, device, bar)
     step_vin = net_vin if with_vin else None
     row = {"mode": mode, "video_frames": video_frames, "latent_frames": frames, "layout": repr(layout)}
     row["flops_per_step"] = vin.flops.step_flops(preset, frames, None if mode == "full" else layout, with_vin=with_vin).total
     gpu = device.type == "cuda"
     if gpu:
         torch.cuda.reset_peak_memory_stats(device)
-    warmup, iters = ((1, 3) if ctx.quick else (2, 10)) if gpu else ((1, 3) if ctx.quick else (1, 5))
+    warmup, iters = _iterations(ctx)
     with NvmlSampler(device) if gpu else contextlib.nullcontext() as sampler:
         times = measure(step, device, warmup=warmup, iters=iters)
     row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
@@ -184,19 +212,25 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
         generator = torch.Generator(device=device).manual_seed(0)
         sync(device)
         start = time.perf_counter()
-        vin.sample(model, step_vin, text, layout=layout, steps=preset.steps, t_alpha=preset.t_alpha, generator=generator)
+        steps = _sample_steps(ctx, preset)
+        vin.sample(model, step_vin, text, layout=layout, steps=steps, t_alpha=min(preset.t_alpha, steps // 2), generator=generator)
         sync(device)
         row["sample_seconds"] = time.perf_counter() - start
-        row["sample_steps"] = preset.steps
+        if bar is not None:
+            bar.update(steps)
+        row["sample_steps"] = steps
     return row
 
 
 def _frame_lengths(ctx: Context, gpu: bool) -> tuple[int, ...]:
-    if gpu:
-        return ctx.video_frames if not ctx.quick else tuple(f for f in ctx.video_frames if f <= 128)
     if ctx.quick:
-        return tuple(f for f in ctx.video_frames if f <= 128)[:2]
-    return ctx.video_frames if ctx.frames_given else tuple(f for f in ctx.video_frames if f <= CPU_MAX_VIDEO_FRAMES)
+        short = tuple(f for f in ctx.video_frames if f <= 128) or ctx.video_frames[:1]
+        return short if gpu else short[:2]
+    if ctx.frames_given:
+        return ctx.video_frames
+    if gpu:
+        return ctx.video_frames if ctx.full else GPU_DEFAULT_VIDEO_FRAMES
+    return CPU_FULL_VIDEO_FRAMES if ctx.full else CPU_DEFAULT_VIDEO_FRAMES
 
 
 def _flop_ratios(rows: list[dict]) -> None:
@@ -219,26 +253,32 @@ def run(ctx: Context) -> dict:
     net_vin.eval()
     rows, stopped = [], set()
     items = [(f, mode) for f in _frame_lengths(ctx, gpu) for mode in MODES]
-    for video_frames, mode in ctx.progress(items, desc="model"):
-        if mode in stopped:
-            continue
-        sample = gpu and video_frames <= SAMPLE_MAX_FRAMES and not ctx.quick or not gpu and ctx.quick
-        try:
-            rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, sample))
-        except torch.cuda.OutOfMemoryError:
-            rows.append({"mode": mode, "video_frames": video_frames, "error": "out of memory"})
-            stopped.add(mode)
-        if gpu:
-            torch.cuda.empty_cache()
-    _flop_ratios(rows)
-    live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows)
+    warmup, iters = _iterations(ctx)
+    samples = {f: gpu and f <= SAMPLE_MAX_FRAMES and ctx.full and not ctx.quick or not gpu and ctx.quick for f, _ in items}
+    # One count per denoising step: warm-up and timed steps, whole samples, and (CPU) the memory pass.
+    total = len(items) * (warmup + iters + (0 if gpu else 1)) + sum(_sample_steps(ctx, preset) for f, _ in items if samples[f])
+    with ctx.progress.bar(total, desc=f"model: {name} preset, denoising steps") as bar:
+        for video_frames, mode in items:
+            if mode in stopped:
+                continue
+            try:
+                rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, samples[video_frames], bar))
+            except torch.cuda.OutOfMemoryError:
+                rows.append({"mode": mode, "video_frames": video_frames, "error": "out of memory"})
+                stopped.add(mode)
+            if gpu:
+                torch.cuda.empty_cache()
+        _flop_ratios(rows)
+        live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows, bar)
     return {
-        "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps,
-        "threads": torch.get_num_threads(), "device_kind": device.type, "rss_tracks_live_memory": live_memory, "rows": rows,
+        "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps, "iterations": [warmup, iters],
+        "threads": torch.get_num_threads(), "device_kind": device.type, "rss_tracks_live_memory": live_memory,
+        "definitions": layout_definitions(preset), "mode_caption": mode_caption(preset), "wins_from_video_frames": {m: wins_from(preset, m) for m in MODES[1:]},
+        "full": ctx.full, "rows": rows,
     }  # fmt: skip
 
 
-def _cpu_memory(preset, model, net_vin, rows: list[dict]) -> bool:
+def _cpu_memory(preset, model, net_vin, rows: list[dict], bar=None) -> bool:
     """After all timings (mmapping every large allocation slows a step down ~2.5x): one step per row
     under :class:`RssSampler`, its peak RSS growth into ``peak_rss_growth_bytes``. False when glibc's
     mallopt is unavailable (the growth then undercounts what earlier steps left in the heap)."""
@@ -246,11 +286,32 @@ def _cpu_memory(preset, model, net_vin, rows: list[dict]) -> bool:
     device = torch.device("cpu")
     for row in rows:
         if "step_median_ms" in row:
-            step = _step(preset, model, net_vin, row["mode"], row["latent_frames"], device)[0]
+            step = _step(preset, model, net_vin, row["mode"], row["latent_frames"], device, bar)[0]
             with RssSampler() as sampler:
                 step()
             row["peak_rss_growth_bytes"] = sampler.peak
     return live
+
+
+def _definitions(result: dict) -> list[str]:
+    """The modes' definitions and from which length they need fewer FLOPs (results of older runs lack them)."""
+    if "definitions" not in result:
+        return []
+    wins = "; ".join(
+        f"*{m}* from {f} video frames ({latent_frames(f)} latent) on" if f else f"*{m}* at no length scanned"
+        for m, f in result["wins_from_video_frames"].items()
+    )
+    return ["", f"{result['definitions']} Fewer FLOPs per step than full attention (`vin.flops`, this preset): {wins}."]
+
+
+def headline(result: dict) -> list[str]:
+    """The summary line: each VIN mode's step time and FLOPs against full attention, per length."""
+    parts = [
+        f"{r['mode']} at {r['video_frames']} video frames {r['time_ratio_to_full']:.2f}x (FLOPs {r['flop_ratio_to_full']:.2f}x)"
+        for r in result["rows"]
+        if "time_ratio_to_full" in r
+    ]
+    return [f"{result['preset']} preset, one denoising step, time of full attention's: {', '.join(parts)}"] if parts else []
 
 
 def markdown(result: dict) -> str:
@@ -259,9 +320,10 @@ def markdown(result: dict) -> str:
     lines = [
         f"One DDIM step (median) and one whole {result['steps']}-step sample of the {result['preset']} preset "
         f"({result['dtype']}, random weights, batch 1); memory is the peak while stepping.",
+        *_definitions(result),
         "",
-        "| video frames | mode | step ms | TFLOP/s | sample s | peak alloc GiB | NVML peak GiB | power W | SM MHz |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| video frames | mode | step ms | time / full | FLOPs / full | TFLOP/s | sample s | peak alloc GiB | NVML peak GiB | power W | SM MHz |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def fmt(value, scale=1.0, digits=1):
@@ -269,10 +331,11 @@ def markdown(result: dict) -> str:
 
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['video_frames']} | {r['mode']} | {r['error']} | | | | | | |")
+            lines.append(f"| {r['video_frames']} | {r['mode']} | {r['error']} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['video_frames']} | {r['mode']} | {fmt(r['step_median_ms'])} | {fmt(r.get('step_tflops'))} | "
+            f"| {r['video_frames']} | {r['mode']} | {fmt(r['step_median_ms'])} | {ratio_cell(r.get('time_ratio_to_full'))} | "
+            f"{fmt(r.get('flop_ratio_to_full'), digits=2)} | {fmt(r.get('step_tflops'))} | "
             f"{fmt(r.get('sample_seconds'), digits=2)} | {fmt(r.get('peak_memory_allocated_bytes'), 2**30, 2)} | "
             f"{fmt(r.get('nvml_peak_memory_bytes'), 2**30, 2)} | {fmt(r.get('mean_power_w'), digits=0)} | "
             f"{fmt(r.get('mean_sm_clock_mhz'), digits=0)} |"
@@ -288,7 +351,8 @@ def _cpu_markdown(result: dict) -> str:
         "the same per latent frame, and the peak resident memory above the pre-step level (allocations of 1 MiB "
         "and more mmapped, so freed memory leaves the resident set). *time / full* and "
         "*FLOPs / full* compare with full attention at the same length (full attention: the same DiT with one "
-        "chunk and no VIN, on the same sdpa backend).",
+        "chunk and no VIN, on the same sdpa backend); **bold**: below 1, faster than full attention.",
+        *_definitions(result),
         "",
         "| video frames | latent frames | mode | step ms | ms per latent frame | time / full | FLOPs / full | peak RSS growth MiB |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -297,11 +361,12 @@ def _cpu_markdown(result: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['video_frames']} | | {r['mode']} | {r['error']} | | | | |")
             continue
-        time_ratio = f"{r['time_ratio_to_full']:.2f}" if "time_ratio_to_full" in r else "-"
+        time_ratio = ratio_cell(r["time_ratio_to_full"]) if "time_ratio_to_full" in r else "-"
         flop_ratio = f"{r['flop_ratio_to_full']:.2f}" if "flop_ratio_to_full" in r else "-"
+        rss = f"{r['peak_rss_growth_bytes'] / 2**20:.0f}" if "peak_rss_growth_bytes" in r else "-"
         lines.append(
             f"| {r['video_frames']} | {r['latent_frames']} | {r['mode']} | "
             f"{r['step_median_ms']:.0f} [{r['step_p20_ms']:.0f}-{r['step_p80_ms']:.0f}] | "
-            f"{r['step_ms_per_latent_frame']:.1f} | {time_ratio} | {flop_ratio} | {r['peak_rss_growth_bytes'] / 2**20:.0f} |"
+            f"{r['step_ms_per_latent_frame']:.1f} | {time_ratio} | {flop_ratio} | {rss} |"
         )
     return "\n".join(lines)

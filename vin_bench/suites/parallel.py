@@ -1,5 +1,8 @@
 """parallel suite (runs anywhere; gloo processes on this machine): what vin.parallel moves and what it gains.
 
+The default run measures part 1 on 2 ranks and computes part 3 (about 15 s on 2 cores); ``--full``
+adds 3 ranks and part 2 (about 5 minutes).
+
 1. ``bytes``: the tiny preset sampled by :func:`vin.parallel.sample` on 2 and 3 gloo ranks, both
    layouts: bytes all ranks send per step, measured (:class:`vin.parallel.SampleStats`), checked
    equal to :meth:`vin.parallel.Plan.step_bytes`, next to the activation bytes the same step moves
@@ -130,12 +133,12 @@ def _speed_job(name: str, halves: bool = False) -> dict:
 
 
 # ------------------------------------------------------------------------------------ parts
-def _bytes_rows(quick: bool) -> list[dict]:
+def _bytes_rows(ctx: Context) -> list[dict]:
     preset = vin.presets.tiny()
     dit, frames = preset.dit, 40
     net_vin = preset.build(device="meta")[1]
     rows = []
-    for ranks in (2,) if quick else (2, 3):
+    for ranks in ctx.progress((2, 3) if ctx.full else (2,), desc="parallel: bytes, gloo groups sampled"):
         per_rank = parallel.launch(_bytes_job, ranks, (frames,), backend="gloo", threads=1)
         for name in LAYOUTS:
             layout = _layout(preset, name, frames)
@@ -158,18 +161,20 @@ def _bytes_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def _speed_rows(quick: bool) -> list[dict]:
-    if quick:
+def _speed_rows(ctx: Context) -> list[dict]:
+    if not ctx.full or ctx.quick:
         return []
     rows = []
+    # processes, halves: one process; two (vin.parallel); two sampling half the video each (the ceiling)
+    setups = ((1, False), (2, False), (2, True))
+    bar = ctx.progress.bar(len(LAYOUTS) * SPEED_REPEATS * len(setups), desc=f"parallel: speed, samples of {SPEED_FRAMES} latent frames")
     for name in LAYOUTS:
-        # processes, halves: one process; two (vin.parallel); two sampling half the video each (the ceiling)
-        setups = ((1, False), (2, False), (2, True))
         runs = {setup: [] for setup in setups}
         load_before = os.getloadavg()[0]
         for _ in range(SPEED_REPEATS):  # alternate, so slow phases of other work hit all
             for ranks, halves in setups:
                 runs[ranks, halves].append(parallel.launch(_speed_job, ranks, (name, halves), backend="gloo", threads=1))
+                bar.update()
         load_after = os.getloadavg()[0]
         reference = runs[1, False][0][0]["video"]
         equal = all(torch.equal(rank["video"], reference) for r in runs[1, False] + runs[2, False] for rank in r)
@@ -194,6 +199,7 @@ def _speed_rows(quick: bool) -> list[dict]:
             })  # fmt: skip
         ceiling = rows[-1]
         rows[-2]["step_speedup_share_of_ceiling"] = rows[-2]["step_speedup_median"] / ceiling["step_speedup_median"]
+    bar.close()
     return rows
 
 
@@ -240,8 +246,27 @@ def _model_rows() -> list[dict]:
 
 
 def run(ctx: Context) -> dict:
-    rows = _bytes_rows(ctx.quick) + _speed_rows(ctx.quick) + _model_rows()
-    return {"rows": rows, "cpu_count": os.cpu_count(), "quick": ctx.quick}
+    rows = _bytes_rows(ctx) + _speed_rows(ctx) + _model_rows()
+    return {"rows": rows, "cpu_count": os.cpu_count(), "quick": ctx.quick, "full": ctx.full}
+
+
+def headline(result: dict) -> list[str]:
+    """The summary lines: bytes per step against Ulysses, and (``--full``) the two-process speedup."""
+    lines = []
+    model = [r for r in result["rows"] if r["kind"] == "model" and "error" not in r and r["layout"] == "windows"]
+    if model:
+        r = model[0]
+        lines.append(
+            f"paper preset, {r['video_frames']} video frames on {r['ranks']} GPUs (windows): "
+            f"{100 * r['ratio_to_ulysses']:.3f}% of Ulysses' bytes per step (computed from the plan)"
+        )
+    for r in result["rows"]:
+        if r["kind"] == "speed" and r["ranks"] == 2 and not r.get("halves_alone"):
+            lines.append(
+                f"2 processes ({r['layout']}): step speedup {r['step_speedup_median']:.2f}x, "
+                f"{100 * r.get('step_speedup_share_of_ceiling', float('nan')):.0f}% of the machine's two-process ceiling"
+            )
+    return lines
 
 
 # ------------------------------------------------------------------------------------ report
@@ -267,6 +292,8 @@ def markdown(result: dict) -> str:
             f"{'yes' if r['matches_plan'] else 'NO'} | {_size(r['ulysses_bytes_per_step'])} | {100 * r['ratio_to_ulysses']:.2f}% |"
         )
     speed = [r for r in rows if r["kind"] == "speed"]
+    if not speed and not result.get("quick"):
+        lines += ["", "Speed (one process against two): not measured in this run (`--full` measures it, about 5 minutes)."]
     if speed:
         s = speed[0]
         lines += [
