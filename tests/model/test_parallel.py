@@ -355,7 +355,7 @@ def test_bad_groups_and_arguments_are_clear_errors_on_every_rank(spawned):
 
 # ------------------------------------------------------------------------------------ command line
 def test_cli_spawns_ranks_runs_under_torchrun_and_matches_one_process(tmp_path, capfd):
-    common = ["--preset", "tiny", "--frames", "24", "--layout", "windows", "--seed", "1", "--steps", "3", "--t-alpha", "1", "--threads", "1"]
+    common = ["--preset", "tiny", "--latent-frames", "24", "--layout", "windows", "--seed", "1", "--steps", "3", "--t-alpha", "1", "--threads", "1"]
     outputs = []
     for nproc, name in (("1", "one"), ("2", "two")):  # --nproc-per-node 2 spawns the ranks from this process
         assert cli.main(["--nproc-per-node", nproc, *common, "--save", str(tmp_path / f"{name}.pt")]) == 0
@@ -377,13 +377,63 @@ def test_cli_spawns_ranks_runs_under_torchrun_and_matches_one_process(tmp_path, 
     assert videos[0].shape == (1, 24, *FRAME) and all(torch.equal(v, videos[0]) for v in videos)
 
 
-def test_cli_rejects_more_ranks_than_windows(capsys):
-    assert cli.main(["--nproc-per-node", "4", "--preset", "tiny", "--frames", "24", "--layout", "windows", "--seed", "0"]) == 2
-    assert "4 ranks for a layout with only 3 windows" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--nproc-per-node", "4"], "--nproc-per-node 4: 4 ranks for a layout with only 3 windows"),
+        (["--nproc-per-node", "0"], "--nproc-per-node must be at least 1"),
+        (["--layout", "context", "--fusion", "late"], "--fusion late: only the windows layout fuses"),
+        (["--steps", "0"], "--steps must be in [1, 1000], got 0"),  # once ran the preset's 50 steps silently
+        (["--steps", "-2"], "--steps must be in [1, 1000], got -2"),
+        (["--t-alpha", "51"], "--t-alpha must be in [0, 50]"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
+        (["--batch", "-1"], "--batch must be at least 1, got -1"),
+        (["--threads", "-2"], "--threads must be at least 1, got -2"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),  # once ignored silently
+        (["--seed", "-1"], "--seed must be in [0, "),
+        (["--latent-frames", "0"], "--latent-frames must be at least 1, got 0"),
+        (["--frames", "24"], "--frames: this command counts latent frames: use --latent-frames"),
+        (["--backend", "nccl"], "--backend nccl: NCCL needs a CUDA GPU per local rank"),
+        (["--save", "{tmp}/no-such-folder/video.pt"], "no-such-folder does not exist"),  # once failed after sampling
+        (["--save", "{tmp}"], "is a directory"),
+        (["--save", "{tmp}/a-file/video.pt"], "a-file is not a folder"),
+        (["--steps", "two"], "argument --steps: invalid int value: 'two'"),
+    ],
+)
+def test_cli_refuses_bad_flags_in_one_line_before_any_work(flags, message, tmp_path, monkeypatch, capsys):
+    """Issue 19.11: every flag is checked before a model is built or a process started: exit code 2,
+    one line naming the flag, no traceback."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for work in ("build", "launch", "run_single", "run_rank"):
+        monkeypatch.setattr(cli, work, lambda *a, **k: pytest.fail("work started before the flags were checked"))
+    base = {"--latent-frames": "24", "--layout": "windows"}
+    given = dict(zip(flags[::2], flags[1::2]))
+    argv = [part for flag, value in (base | given).items() for part in (flag, value.format(tmp=tmp_path))]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("python -m vin.parallel: error: ") and message in err, err
 
 
-def test_cli_fusion_applies_to_windows_only(capsys):
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--frames", "24", "--layout", "context", "--fusion", "late"])
-    assert "only the windows layout fuses" in capsys.readouterr().err
-    assert cli.parse_args(["--frames", "24", "--layout", "windows", "--fusion", "none"]).fusion == "none"
+def test_cli_one_line_errors_from_the_shell_without_a_traceback():
+    """The same through ``python -m vin.parallel`` (nothing sampled: it exits as soon as torch imports)."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "vin.parallel", "--latent-frames", "24", "--layout", "windows", "--steps", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == "python -m vin.parallel: error: --steps must be in [1, 1000], got 0 (see --help)"
+
+
+def test_cli_fusion_applies_to_windows_only():
+    assert cli.parse_args(["--latent-frames", "24", "--layout", "windows", "--fusion", "none"]).fusion == "none"
+
+
+def test_launch_refuses_nccl_without_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="NCCL needs a CUDA GPU per local rank: 2 rank"):
+        parallel.launch(_rank_job, 2, backend="nccl")
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        parallel.launch(_rank_job, 2, backend="gloo", threads=0)

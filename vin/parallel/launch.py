@@ -12,13 +12,26 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["launch", "default_backend", "init_from_env", "under_torchrun"]
+__all__ = ["launch", "backend_problem", "default_backend", "init_from_env", "under_torchrun"]
 
 
 def default_backend(nproc: int) -> str:
     """``"nccl"`` when every one of ``nproc`` local ranks can have a GPU of its own, else ``"gloo"``."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return "nccl" if dist.is_nccl_available() and gpus >= nproc else "gloo"
+
+
+def backend_problem(backend: str, nproc: int) -> str | None:
+    """Why ``nproc`` local ranks cannot use ``backend`` here, or None when they can (NCCL: a GPU per rank)."""
+    if backend not in ("gloo", "nccl"):
+        return f"backend must be 'gloo' or 'nccl', got {backend!r}"
+    if backend == "nccl":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus < nproc:
+            return f"NCCL needs a CUDA GPU per local rank: {nproc} rank(s), {gpus} GPU(s) here (use gloo)"
+        if not dist.is_nccl_available():
+            return "this torch has no NCCL (use gloo)"
+    return None
 
 
 def under_torchrun() -> bool:
@@ -28,7 +41,10 @@ def under_torchrun() -> bool:
 
 def init_from_env(backend: str | None = None) -> None:
     """Join the process group torchrun describes in the environment (``env://``); NCCL ranks take GPU ``LOCAL_RANK``."""
-    backend = backend or default_backend(int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    backend = backend or default_backend(local)
+    if problem := backend_problem(backend, local):
+        raise ValueError(problem)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, init_method="env://")
@@ -68,8 +84,10 @@ def launch(
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive int, got {nproc!r}")
     backend = backend or default_backend(nproc)
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if problem := backend_problem(backend, nproc):
+        raise ValueError(problem)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     folder = tempfile.mkdtemp(prefix="vin-parallel-")
     results = mp.get_context("spawn").SimpleQueue()
