@@ -2,7 +2,9 @@
 
 The extension is built with CMake + pybind11 (pybind11's cmake_example pattern). Knobs:
   VIN_KERNELS_CUDA=auto|1|0  auto (default): build when nvcc is found; 1: must build; 0: pure Python
-  CUDA_ARCHS="80;90"         CUDA architectures (CMAKE_CUDA_ARCHITECTURES)
+  CUDA_ARCHS="90"            CUDA architectures in CMake's syntax (CMAKE_CUDA_ARCHITECTURES: N = SASS +
+                             PTX for sm_N, N-real = SASS only); unset: CMakeLists.txt's default,
+                             SASS for 80;86;89;90;100;120 plus PTX for 120
   MAX_JOBS=N                 parallel compile jobs (default: CPU count)
 nvcc is looked up as $CUDACXX, $CUDA_HOME/bin/nvcc, nvcc on PATH, /usr/local/cuda/bin/nvcc.
 Nothing is downloaded and git is never called.
@@ -64,7 +66,7 @@ class CMakeBuild(build_ext):
 
         extdir = (Path.cwd() / self.get_ext_fullpath(ext.name)).parent.resolve()
         build_temp = Path(self.build_temp) / ext.name
-        archs = os.environ.get("CUDA_ARCHS", "80;90").replace(",", ";")
+        archs = os.environ.get("CUDA_ARCHS", "").replace(",", ";")
         cmake = shutil.which("cmake") or "cmake"
         configure = [
             cmake,
@@ -74,8 +76,9 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_CUDA_COMPILER={find_nvcc()}",
-            f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
         ]
+        if archs:  # else CMakeLists.txt's default list
+            configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
         ninja = find_ninja()
         if ninja:  # named explicitly: CMake would otherwise keep the one its cache remembers
             configure += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]

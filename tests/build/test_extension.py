@@ -1,14 +1,16 @@
 """The CUDA extension vin_kernels._C as built by setup.py: runs on a CPU-only machine.
 
 Checks that the extension is built whenever nvcc is found, imports without a GPU, reports its build
-(runtime version, CUDA architectures), refuses bad calls with Python exceptions instead of crashing,
+(runtime version, CUDA architectures) and holds the machine code and PTX it names (cuobjdump), refuses bad calls with Python exceptions instead of crashing,
 that the pure-Python build (VIN_KERNELS_CUDA=0) and the knob's validation work through pip, and that
 a second build in the same checkout works after the first build's tools are gone.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,19 +97,70 @@ def test_runtime_version():
     assert version >= 12000, f"CUDA runtime {version} is older than 12.0"
 
 
+# The default build (issue 17): machine code for A100 (80), RTX 30xx / A6000 (86), RTX 40xx / L40S (89),
+# H100 / H200 (90), B200 (100) and RTX 50xx (120), plus PTX of the newest for later GPUs.
+DEFAULT_SASS, DEFAULT_PTX = {80, 86, 89, 90, 100, 120}, {120}
+
+
+def expected_code(cuda_archs: str | None) -> tuple[set[int], set[int]]:
+    """``(SASS archs, PTX archs)`` a build with ``CUDA_ARCHS`` (CMake syntax: N = both, N-real = SASS,
+    N-virtual = PTX; setup.py accepts ',' for ';') must contain; unset: the default build."""
+    if not cuda_archs:
+        return DEFAULT_SASS, DEFAULT_PTX
+    sass, ptx = set(), set()
+    for entry in filter(None, (e.strip() for e in cuda_archs.replace(",", ";").split(";"))):
+        arch, _, kind = entry.partition("-")
+        number = int(re.match(r"\d+", arch).group())  # 90a -> 90
+        if kind != "virtual":
+            sass.add(number)
+        if kind != "real":
+            ptx.add(number)
+    return sass, ptx
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump of the CUDA toolkit (PATH, $CUDA_HOME, /usr/local/cuda) or the one in Triton's wheel."""
+    candidates = [shutil.which("cuobjdump")]
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "cuobjdump"))
+    candidates.append("/usr/local/cuda/bin/cuobjdump")
+    triton = importlib.util.find_spec("triton")
+    if triton is not None and triton.origin:
+        candidates.append(os.path.join(os.path.dirname(triton.origin), "backends", "nvidia", "bin", "cuobjdump"))
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
 @needs_extension
 def test_compiled_archs():
+    """_C.compiled_archs: the SASS architectures of the build, e.g. '80,86,89,90,100,120'."""
     archs = vcuda.compiled_archs()
-    assert isinstance(archs, str)
     assert archs == vcuda.extension().compiled_archs
     parts = [p.strip() for p in archs.split(",")]
-    requested = os.environ.get("CUDA_ARCHS")
-    if requested:  # the build used this list (setup.py turns ',' into ';' and CMake back into ',')
-        expected = [p.strip() for p in requested.replace(";", ",").split(",") if p.strip()]
-        assert parts == expected, f"compiled_archs {archs!r} != CUDA_ARCHS {requested!r}"
-        return
     assert all(p.isdigit() for p in parts), f"compiled_archs {archs!r} is not a comma-separated list of integers"
-    assert {80, 90} <= {int(p) for p in parts}, f"default build must include sm_80 and sm_90, got {archs!r}"
+    assert {int(p) for p in parts} == expected_code(os.environ.get("CUDA_ARCHS"))[0], archs
+
+
+@needs_extension
+def test_the_module_holds_the_machine_code_and_ptx_it_names():
+    """cuobjdump's listing of the built .so: one cubin per arch of compiled_archs, and the PTX the build
+    asked for (the default: SASS for 80, 86, 89, 90, 100, 120 and PTX for 120)."""
+    tool = find_cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit, or Triton's wheel)")
+    module = vcuda.extension().__file__
+    listed = {}
+    for kind, flag in (("cubin", "--list-elf"), ("ptx", "--list-ptx")):
+        done = subprocess.run([tool, flag, module], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        listed[kind] = {int(m) for m in re.findall(rf"\.sm_(\d+)[a-z]?\.{kind}", done.stdout)}
+    assert listed["cubin"] == {int(p) for p in vcuda.compiled_archs().split(",")}, listed
+    assert (listed["cubin"], listed["ptx"]) == expected_code(os.environ.get("CUDA_ARCHS")), listed
+
+
+def test_expected_code_reads_cmake_syntax():
+    assert expected_code(None) == (DEFAULT_SASS, DEFAULT_PTX)
+    assert expected_code("80;90") == ({80, 90}, {80, 90})
+    assert expected_code("80-real,90-real,90-virtual") == ({80, 90}, {90})
 
 
 # ------------------------------------------------------------------------------------ backend report
