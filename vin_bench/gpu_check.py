@@ -865,9 +865,10 @@ def _headline(rows: list[dict]) -> list[str]:
             got = {r["impl"]: r for r in rows if r["head_dim"] == D and r["pass"] == pass_ and "tflops" in r}
             if "vin_triton" not in got:
                 continue
-            parts = [f"chunk_attention D={D} {pass_}: triton {got['vin_triton']['tflops']:.1f} TFLOP/s"]
-            if got["vin_triton"].get("pct_of_dense") is not None:
-                parts[0] += f" = {got['vin_triton']['pct_of_dense']:.0f}% of dense"
+            triton = got["vin_triton"]
+            parts = [f"chunk_attention D={D} {pass_}: triton {triton['median_ms']:.2f} ms, {triton['tflops']:.1f} TFLOP/s"]
+            if triton.get("pct_of_dense") is not None:
+                parts[0] += f" = {triton['pct_of_dense']:.0f}% of dense"
             for impl in ("dense_flash", "dense_cudnn", "same_work_flash", "flex_compiled"):
                 if impl in got:
                     pct = got[impl].get("pct_of_dense")
