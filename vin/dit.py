@@ -12,6 +12,7 @@ import vin_kernels
 from vin_kernels import ChunkLayout
 
 from .config import DiTConfig
+from .diffusion import PREDICTIONS
 from .layers import (
     Mlp,
     TimestepEmbedding,
@@ -19,14 +20,19 @@ from .layers import (
     layer_norm,
     modulate,
     patchify,
-    sincos,
+    rotary_angles,
+    rotate,
     spatial_sincos,
     split_heads,
     unpatchify,
     zero_,
 )
 
-__all__ = ["VideoDiT", "GlobalKV", "PrefixKV"]
+__all__ = ["VideoDiT", "GlobalKV", "PrefixKV", "ROPE_BASE"]
+
+# Rotary base of the time positions: angles p * ROPE_BASE^(-2j/R) turn by 1 .. ~0.02 rad per frame at
+# R = 16 rotated channels (head_dim 32), so distances of 1 to ~100 latent frames are told apart.
+ROPE_BASE = 100.0
 
 # Per DiT layer, the VIN's global keys and values ``[B, G, heads, head_dim]`` (or None: no VIN).
 GlobalKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -52,8 +58,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(h, cfg.mlp_hidden)
         self.ada = nn.Sequential(nn.SiLU(), zero_(nn.Linear(h, 6 * h)))
 
-    def forward(self, x, c, text, attention: dict, global_kv, backend: str, prefix_kv=None, rows=None):
+    def forward(self, x, c, text, attention: dict, global_kv, backend: str, rope, prefix_kv=None, rows=None):
         """x ``[B, N, hidden]``, c ``[B, hidden]``, text ``[B, L, hidden]``; attention: chunk_attention sizes.
+
+        ``rope = (cos, sin)`` ``[N, R/2]``: the time rotation of the first ``R`` channels of every
+        head's queries and keys (:func:`~vin.layers.rotate`); the global keys' first ``R`` channels are
+        zero, so a query's score with a global token does not depend on its time position.
 
         ``rows``: the modulation is computed for all rows of ``c`` and these rows kept (``c`` then
         covers more sequences than ``x``; see ``window_range`` of :meth:`VideoDiT.forward`).
@@ -66,7 +76,11 @@ class DiTBlock(nn.Module):
         modulation = self.ada(c) if rows is None else self.ada(c)[rows]
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         q, k, v = split_heads(self.qkv(modulate(self.norm1(x), shift1, scale1)), 3, self.heads)
+        q, k = rotate(q, *rope), rotate(k, *rope)
         gk, gv = global_kv if global_kv is not None else (None, None)
+        if gk is not None:
+            rotated = 2 * rope[0].shape[-1]
+            gk = torch.cat([gk.new_zeros((*gk.shape[:-1], rotated)), gk[..., rotated:]], dim=-1)
         prefix = prefix_kv(k, v) if prefix_kv is not None else None
         if prefix is not None:
             pk, pv = prefix
@@ -82,7 +96,10 @@ class DiTBlock(nn.Module):
 
 
 class VideoDiT(nn.Module):
-    """Latent video DiT over chunks: ``eps = VideoDiT(x_t, t, text, layout=..., global_kv=...)``.
+    """Latent video DiT over chunks: ``out = VideoDiT(x_t, t, text, layout=..., global_kv=...)``.
+
+    ``out`` is the noise ``eps`` or the velocity ``v`` (``prediction``, :class:`vin.DiffusionSchedule`);
+    :func:`vin.sample` and :func:`vin.training_loss` read :attr:`prediction`.
 
     Patch embedding 1 x p x p, timestep embedding with adaLN-Zero modulation, ``depth`` blocks of
     (self-attention through :func:`vin_kernels.chunk_attention`, cross-attention to the text,
@@ -97,14 +114,24 @@ class VideoDiT(nn.Module):
     * window layout: ``x [B, n, L, C, h, w]`` (the windows); all ``B*n`` windows run in one batched
       call, each seeing itself and the global tokens of its video.
 
-    Time positions are frame indices inside the chunk (window) that owns a frame, so every chunk
-    looks like a short video of its own; in full mode they are the frame indices.
+    Time positions (docs/design.md, Time positions and the prediction target): time enters only the
+    self-attention, as a rotary embedding (:data:`ROPE_BASE`) of the latent frame index on the first
+    half of every head's query and key channels, so a score depends on two frames' positions only
+    through their difference; the global keys are zero in those channels (their scores carry no
+    time). Frames are numbered from the first frame of the video (full and context layouts) or of
+    the window, so a chunk with its context, an inference window over the same frames and a whole
+    video all see the same relative positions, and nothing depends on where in the video a chunk lies.
     """
 
-    def __init__(self, cfg: DiTConfig, backend: str = "auto"):
+    def __init__(self, cfg: DiTConfig, backend: str = "auto", prediction: str = "epsilon"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if cfg.head_dim % 4:
+            raise ValueError(f"VideoDiT rotates half of every head's channels in pairs: head_dim must be a multiple of 4, got {cfg.head_dim}")
         self.cfg = cfg
         self.backend = backend
+        self.prediction = prediction
         h = cfg.hidden
         self.patch_embed = nn.Linear(cfg.patch_dim, h)
         grid = (cfg.height // cfg.patch, cfg.width // cfg.patch)
@@ -129,7 +156,7 @@ class VideoDiT(nn.Module):
         prefix_kv: PrefixKV | None = None,
         window_range: range | None = None,
     ) -> torch.Tensor:
-        """Predict the noise of ``x``.
+        """Predict the noise (or the velocity: :attr:`prediction`) of ``x``.
 
         Args:
             x: ``[B, F, C, h, w]`` (full or context layout) or ``[B, n, L, C, h, w]`` (window layout).
@@ -176,12 +203,14 @@ class VideoDiT(nn.Module):
         tokens = self.patch_embed(patchify(x, cfg.patch))
         if (first_frame or prefix_kv is not None) and (windows or full):
             raise ValueError("first_frame and prefix_kv need a context-mode layout")
-        time_pos = sincos(self._time_positions(layout, F, x.device, first_frame), cfg.hidden).to(tokens.dtype)
-        tokens = (tokens.view(-1, F, T, cfg.hidden) + self.spatial_pos + time_pos[:, None]).flatten(1, 2)
+        positions = self._time_positions(layout, F, x.device, first_frame)
+        rope = rotary_angles(positions, cfg.head_dim // 2, ROPE_BASE, tokens_per_position=T)
+        tokens = (tokens.view(-1, F, T, cfg.hidden) + self.spatial_pos).flatten(1, 2)
         attention = layout.attention_sizes(T) | {"context_grad": context_grad}
         for i, block in enumerate(self.blocks):
             prefix = None if prefix_kv is None else functools.partial(prefix_kv, i)
-            tokens = block(tokens, c, text, attention, None if global_kv is None else global_kv[i], self.backend, prefix, rows)
+            kv = None if global_kv is None else global_kv[i]
+            tokens = block(tokens, c, text, attention, kv, self.backend, rope, prefix, rows)
         shift, scale = (self.final_ada(c) if rows is None else self.final_ada(c)[rows]).chunk(2, dim=-1)
         out = self.final(modulate(self.final_norm(tokens), shift, scale))
         eps = unpatchify(out, F, cfg.in_channels, cfg.height, cfg.width, cfg.patch)
@@ -196,7 +225,7 @@ class VideoDiT(nn.Module):
 
     @staticmethod
     def _time_positions(layout: ChunkLayout, num_frames: int, device, first_frame: int = 0) -> torch.Tensor:
-        """Per frame of ``x``: its index inside the chunk/window that owns it (the frame index in full mode)."""
+        """Per frame of ``x``: its index in the window (window layout) or in the video (full and context layouts)."""
         if layout.is_windows:
             return torch.arange(num_frames, device=device)
         if first_frame not in layout.starts or first_frame + num_frames > layout.num_frames:
@@ -204,4 +233,4 @@ class VideoDiT(nn.Module):
                 f"first_frame must be a chunk start {layout.starts} with first_frame + frames <= "
                 f"{layout.num_frames}, got first_frame={first_frame} for {num_frames} frames"
             )
-        return torch.tensor(layout.positions_in_chunk[first_frame : first_frame + num_frames], device=device)
+        return torch.arange(first_frame, first_frame + num_frames, device=device)

@@ -16,7 +16,6 @@ from .layers import (
     cross_attention,
     layer_norm,
     patchify,
-    sincos,
     spatial_sincos,
     split_heads,
 )
@@ -59,8 +58,10 @@ class VIN(nn.Module):
       plus the timestep embedding (the VIN is recomputed from the noisy input at every step).
     * Encoder: one cross-attention in which the global tokens query the tokens of the keyframes of
       the noisy video (one latent frame every ``keyframe_interval_s``; frames from
-      :meth:`ChunkLayout.keyframes`). Only the keyframe latents are patch-embedded and projected,
-      then :func:`vin_kernels.global_attention` reads them.
+      :meth:`ChunkLayout.keyframes`). Only the keyframe latents are patch-embedded (with their
+      spatial position; no time position, so a video of any length reads alike; see
+      docs/design.md, Time positions and the prediction target) and projected, then
+      :func:`vin_kernels.global_attention` reads them.
     * Processor: ``depth`` :class:`ProcessorBlock` (self-attention that also sees the text, MLP).
     * Output: the tokens projected to the DiT width, then per DiT layer to that layer's global keys
       and values ``[B, G, dit.heads, dit.head_dim]``.
@@ -105,8 +106,7 @@ class VIN(nn.Module):
         frames = self.keyframes(F)
         frame_index = torch.tensor(frames, device=x.device)
         keys = self.patch_embed(patchify(x.index_select(1, frame_index), self.dit.patch))
-        time_pos = sincos(frame_index, d).to(keys.dtype)
-        keys = (keys.view(B, len(frames), T, d) + self.spatial_pos + time_pos[:, None]).flatten(1, 2)
+        keys = (keys.view(B, len(frames), T, d) + self.spatial_pos).flatten(1, 2)
 
         z = self.tokens.to(keys.dtype).expand(B, -1, -1) + self.t_embed(t)[:, None]
         q = self.enc_q(self.enc_norm_q(z)).view(B, -1, heads, d // heads)

@@ -12,6 +12,8 @@ import vin_kernels
 __all__ = [
     "sincos",
     "spatial_sincos",
+    "rotary_angles",
+    "rotate",
     "TimestepEmbedding",
     "Mlp",
     "modulate",
@@ -37,6 +39,30 @@ def spatial_sincos(rows: int, cols: int, dim: int) -> torch.Tensor:
     """2-D sin-cos embedding ``[rows * cols, dim]`` of a patch grid (half the channels per axis)."""
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.cat([sincos(r.reshape(-1), dim // 2), sincos(c.reshape(-1), dim - dim // 2)], dim=-1)
+
+
+def rotary_angles(positions: torch.Tensor, dims: int, base: float, tokens_per_position: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` ``[len(positions) * tokens_per_position, dims / 2]`` float32 of the rotary embedding
+    (RoPE; Su et al., 2021) of integer positions, each repeated for ``tokens_per_position`` consecutive
+    tokens: angle ``p * base^(-2j / dims)`` for ``j < dims / 2``, computed in float64 so that
+    positions in the thousands keep float32 accuracy."""
+    freqs = base ** (-torch.arange(0, dims, 2, dtype=torch.float64, device=positions.device) / dims)
+    angles = positions.double()[:, None] * freqs
+    angles = angles.repeat_interleave(tokens_per_position, dim=0)
+    return angles.cos().float(), angles.sin().float()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``2 * cos.shape[-1]`` channels of ``x [B, N, H, D]`` by per-token angles ``[N, R/2]``.
+
+    Channel ``i`` pairs with ``i + R/2`` ("rotate half"): ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)``;
+    the other ``D - R`` channels are unchanged. ``q . k`` of two rotated vectors then depends on their
+    positions only through the difference. Returns a new ``[B, N, H, D]`` tensor in ``x``'s dtype.
+    """
+    half = cos.shape[-1]
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
 class TimestepEmbedding(nn.Module):

@@ -191,7 +191,7 @@ def test_fused_step_is_the_blend_then_the_ddim_update(nets):
     model, net_vin = nets
     x, _, text = _inputs()
     layout = PRESET.window_layout(F)
-    schedule = vin.DiffusionSchedule()
+    schedule = vin.DiffusionSchedule(prediction=model.prediction)
     t, t_prev = 900, 880
     state = _windows(x, layout)  # the sampler keeps a window layout's state as windows
     fused = vin.sampling.denoise_step(model, net_vin, state, text, t, t_prev, layout, fuse=True, schedule=schedule)
@@ -210,7 +210,7 @@ def test_window_sampler_equals_the_video_sampler_written_out(nets):
     model, net_vin = nets
     _, _, text = _inputs()
     layout, steps, t_alpha = PRESET.window_layout(F), 6, 3
-    schedule = vin.DiffusionSchedule()
+    schedule = vin.DiffusionSchedule(prediction=model.prediction)
     got = vin.sample(model, net_vin, text, layout=layout, steps=steps, t_alpha=t_alpha, generator=torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(3)
     x = torch.randn((B, F, *SHAPE), generator=gen)
@@ -248,16 +248,25 @@ def test_tiny_preset_samples_40_frames_in_50_steps_quickly():
     assert elapsed < 60, f"50-step sample of 40 frames took {elapsed:.1f} s"
 
 
-def test_ddim_recovers_x0_from_the_exact_noise():
-    """With the true noise as prediction, DDIM (eta=0) walks x_T back to x0 exactly."""
-    schedule = vin.DiffusionSchedule()
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_ddim_recovers_x0_from_the_exact_prediction(prediction):
+    """With the true noise (or the true v of the current x_t) as prediction, DDIM (eta=0) walks x_T
+    back to x0 exactly; a v fed to the epsilon update (or the reverse) does not."""
+    schedule = vin.DiffusionSchedule(prediction=prediction)
+    wrong = vin.DiffusionSchedule(prediction="v" if prediction == "epsilon" else "epsilon")
     x0, noise = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     ts = schedule.timesteps(10)
-    x = math.sqrt(schedule.alpha_bar(ts[0])) * x0 + math.sqrt(1 - schedule.alpha_bar(ts[0])) * noise
+    x = y = math.sqrt(schedule.alpha_bar(ts[0])) * x0 + math.sqrt(1 - schedule.alpha_bar(ts[0])) * noise
     for i, t in enumerate(ts):
-        a, b, _ = schedule.ddim(t, ts[i + 1] if i + 1 < len(ts) else -1)
-        x = a * x + b * noise
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        ab = schedule.alpha_bar(t)
+        target = noise if prediction == "epsilon" else math.sqrt(ab) * noise - math.sqrt(1 - ab) * x0
+        x = schedule.ddim_step(x, target, t, t_prev)
+        y = wrong.ddim_step(y, target, t, t_prev)
+        x_clip = schedule.ddim_step(x, target, t, t_prev, clip_x0=1e9)  # clipping nothing: the same update
+        torch.testing.assert_close(x_clip, schedule.ddim_step(x, target, t, t_prev))
     torch.testing.assert_close(x, x0)
+    assert (y - x0).abs().max() > 0.1
 
 
 # ------------------------------------------------------------------------------------ training
@@ -270,6 +279,23 @@ def test_training_loss_is_a_finite_scalar(layout_kind):
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_training_loss_regresses_the_prediction_target(prediction):
+    """A fresh DiT outputs 0 (adaLN-Zero), so its loss is the mean square of the target: eps, or
+    v = sqrt(ab) eps - sqrt(1 - ab) x0 for the same t and noise draws."""
+    model = vin.VideoDiT(CFG, prediction=prediction)
+    x0, _, text = _inputs(frames=12)
+    loss = vin.training_loss(model, None, x0, text, None, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (B,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    ab = vin.DiffusionSchedule().alpha_bars(t).view(B, 1, 1, 1, 1)
+    target = noise if prediction == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    torch.testing.assert_close(loss, target.square().mean())
+    with pytest.raises(ValueError, match="the model predicts"):
+        vin.training_loss(model, None, x0, text, None, torch.Generator(), vin.DiffusionSchedule(prediction="v" if prediction == "epsilon" else "epsilon"))
 
 
 def test_tiny_preset_loss_falls_over_30_steps():

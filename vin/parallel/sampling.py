@@ -15,7 +15,7 @@ from vin_kernels import ChunkLayout
 from ..diffusion import DiffusionSchedule
 from ..dit import VideoDiT
 from ..interface import VIN
-from ..sampling import _check_fusion, _fuses, _randn
+from ..sampling import _check_clip, _check_fusion, _fuses, _randn, schedule_for
 from .comm import Communicator
 from .plan import Plan, Transfer
 
@@ -135,6 +135,7 @@ def sample(
     fusion: str = "early",
     generator: torch.Generator,
     schedule: DiffusionSchedule | None = None,
+    clip_x0: float | None = None,
     progress: bool = False,
     group: dist.ProcessGroup | None = None,
     stats: SampleStats | None = None,
@@ -155,8 +156,10 @@ def sample(
       keyframe latents are fewer bytes at every preset: see ``python -m bench --suite parallel``.)
     * context layout: in every DiT block rank ``r`` sends the context keys/values of its last frames
       to rank ``r + 1`` (point to point, forward only) and attends over them exactly as one process.
-    * window layout, fused steps: ranks exchange the noise predictions of the frames their windows
-      share with a neighbour's, then blend and update with :func:`vin_kernels.overlap_fuse`;
+    * window layout, fused steps: ranks exchange the network outputs (``eps`` or ``v``, by
+      ``schedule.prediction``) of the frames their windows share with a neighbour's, then blend and
+      update with :func:`vin_kernels.overlap_fuse` (with ``clip_x0``: blend, then
+      :meth:`DiffusionSchedule.ddim_step`);
       independent steps exchange the states of the shared keyframes (for the VIN's blended read).
       ``fusion`` schedules them as in :func:`vin.sample`; where late fusion starts, the windows'
       states of the shared frames are exchanged once and blended.
@@ -177,9 +180,10 @@ def sample(
     if not isinstance(layout, ChunkLayout):
         raise TypeError(f"layout must be a ChunkLayout (ChunkLayout.full(F) for full attention), got {layout!r}")
     _check_fusion(fusion)
+    _check_clip(clip_x0)
     if stats is not None and not isinstance(stats, SampleStats):
         raise TypeError(f"stats must be a vin.parallel.SampleStats or None, got {type(stats).__name__}")
-    schedule = schedule or DiffusionSchedule()
+    schedule = schedule_for(model, schedule)
     device = text.device
     comm = Communicator(group, device)
     plan = Plan(layout, comm.world, vin.keyframe_stride if vin is not None else None)
@@ -188,7 +192,7 @@ def sample(
         "the arguments of vin.parallel.sample",
         {
             "layout": repr(layout),
-            "sampling": (steps, eta, t_alpha, fusion, repr(schedule)),
+            "sampling": (steps, eta, t_alpha, fusion, repr(schedule), clip_x0),
             "text": (tuple(text.shape), str(text.dtype), device.type, _digest([text])),
             "model": (repr(model.cfg), None if vin is None else repr(vin.cfg)),
             "weights": _digest([p for net in nets for p in net.parameters()]),
@@ -250,13 +254,16 @@ def sample(
                 state, t_batch, text, layout=layout, global_kv=global_kv, first_frame=shard.frames.start,
                 prefix_kv=me.prefix_kv if comm.world > 1 else None,
             )
-            state = a * state + b * eps.to(state.dtype)
+            state = schedule.ddim_step(state, eps.to(state.dtype), t, t_prev, eta=eta, clip_x0=clip_x0)
         elif fusing:
             kind = "fused"
             global_kv = None if vin is None else vin(me.keyframe_video(state[:, keyframes], vin_dtype), t_batch, text)
             eps = model(state[:, own_windows], t_batch, text, layout=layout, global_kv=global_kv, window_range=shard.chunks)
             eps = me.window_entries(eps, fused_plan).to(state.dtype)  # sent in the model's dtype: exact
-            state = vin_kernels.overlap_fuse(eps, layout, x=state, coeffs=(a, b))
+            if clip_x0 is None:
+                state = vin_kernels.overlap_fuse(eps, layout, x=state, coeffs=(a, b))
+            else:
+                state = schedule.ddim_step(state, vin_kernels.overlap_fuse(eps, layout), t, t_prev, eta=eta, clip_x0=clip_x0)
         else:
             kind = "independent"
             global_kv = None
@@ -264,7 +271,7 @@ def sample(
                 blended = vin_kernels.overlap_fuse(me.window_entries(state, keyframe_plan), layout)
                 global_kv = vin(me.keyframe_video(blended[:, keyframes], vin_dtype), t_batch, text)
             eps = model(state, t_batch, text, layout=layout, global_kv=global_kv, window_range=shard.chunks).to(state.dtype)
-            state = a * state + b * eps
+            state = schedule.ddim_step(state, eps, t, t_prev, eta=eta, clip_x0=clip_x0)
         if sigma > 0:
             if kind == "independent":
                 state = state + sigma * _randn((batch, *window_index.shape, *frame_shape), generator, state)[:, shard.chunks.start : shard.chunks.stop]
