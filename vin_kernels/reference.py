@@ -46,6 +46,20 @@ def _attend(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor
     return torch.matmul(probs, v), lse.masked_fill(empty.squeeze(-1), float("-inf"))
 
 
+def _empty_result(shape: tuple[int, ...], dtype: torch.dtype, inputs) -> torch.Tensor:
+    """Zeros of ``shape`` (an output without elements) that are part of the autograd graph of ``inputs``.
+
+    An op on an empty problem (``N = 0``, ``G = 0``) still has a backward, as an op with work does:
+    ``backward()`` runs and every input that requires grad gets a zero gradient (docs/design.md,
+    Edge cases). Each input joins through an empty slice of itself (a view, nothing is copied).
+    """
+    inputs = [t for t in inputs if t is not None]
+    out = inputs[0].new_zeros(shape, dtype=dtype)
+    for t in inputs:
+        out = out + t.narrow(0, 0, 0).sum()
+    return out
+
+
 def _query_blocks(start: int, stop: int, rows_budget: int):
     """Split query rows ``[start, stop)`` into blocks of at most ``rows_budget`` rows."""
     step = max(1, rows_budget)
@@ -122,8 +136,8 @@ def chunk_attention(
                 lses.append(lse_blk)
 
     if N == 0:
-        o = q.new_empty(q.shape)
-        lse = q.new_empty((B, H, 0), dtype=cdt)
+        inputs = (q, k, v, global_k, global_v)
+        o, lse = _empty_result(q.shape, q.dtype, inputs), _empty_result((B, H, 0), cdt, inputs)
     else:
         o = torch.cat(outs, dim=2).transpose(1, 2).to(q.dtype)
         lse = torch.cat(lses, dim=2)
@@ -167,8 +181,7 @@ def global_attention(
     scale = D**-0.5 if softmax_scale is None else softmax_scale
     cdt = _compute_dtype(gq.dtype)
     if G == 0 or B == 0:
-        o = gq.new_empty(gq.shape)
-        lse = gq.new_empty((B, H, G), dtype=cdt)
+        o, lse = _empty_result(gq.shape, gq.dtype, (gq, k, v)), _empty_result((B, H, G), cdt, (gq, k, v))
         return (o, lse) if return_lse else o
     index = keyframe_token_index(k.shape[1], tokens_per_frame, keyframe_stride, keyframe_offset, k.device)
     k_key = _heads_first(k.index_select(1, index), cdt)

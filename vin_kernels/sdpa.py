@@ -18,10 +18,24 @@ CPU and the strongest composite baseline (and the fallback where Triton is missi
 * :func:`merge_attention`: the reference's vectorized formula (it has no loop to fuse).
 * :func:`overlap_fuse`: one ``index_add`` over all windows, no Python loop.
 
-With ``return_lse`` the attention calls go through :class:`_AttentionWithLse`: PyTorch's public SDPA
-does not return the log-sum-exp, so on a CPU the aten flash op that does is called directly, with a
-backward that adds the log-sum-exp's own gradient; on other devices that path computes the scores
+On a CPU every attention call is the aten flash op that PyTorch's SDPA runs there
+(``_scaled_dot_product_flash_attention_for_cpu``, called directly: the same kernel and speed, and it
+returns the log-sum-exp). With ``return_lse`` it goes through :class:`_AttentionWithLse`, whose
+backward adds the log-sum-exp's own gradient; on other devices that path computes the scores
 explicitly (the Triton backend is the fast one there).
+
+Edge rows (docs/design.md, Edge cases). The CPU flash kernel drops a NaN logit from its row max when
+the NaN sits outside its vector lanes (e.g. rows of fewer than 16 keys), so a row whose logits are
+all NaN or ``-inf`` came out as ``o = 0``, ``lse = 0``, the same as a row without keys.
+:func:`_edge_rows` finds such rows from the log-sum-exp the kernel returns anyway (exactly 0) and
+recomputes only their logits: NaN (a NaN or ``+inf`` logit) or, for a row without keys,
+``lse = -inf``. Cost on ordinary inputs: one comparison over the ``[b, H, L]`` log-sum-exp per call
+(40 us per chunk_attention call at the CPU kernels-suite shape, N=4800, H=6, D=64, chunks of 1200
+with 720 of context and 128 globals, against 92 ms for its forward; measured on the 2-core CPU).
+
+FLOPs: this module registers ``torch.utils.flop_counter`` formulas for the CPU flash op and its
+backward (PyTorch has them only for the CUDA ops), so ``FlopCounterMode`` counts this backend, and
+any plain ``scaled_dot_product_attention`` on a CPU, as it counts SDPA on a GPU.
 """
 
 from __future__ import annotations
@@ -49,7 +63,8 @@ class _AttentionWithLse(torch.autograd.Function):
     Backward: PyTorch's flash backward gives the gradients through ``o``; the log-sum-exp adds
     ``d lse_i / d q_i = scale * (P k)_i`` and ``d lse_i / d k_j = scale * P_ij q_i``, i.e.
     ``dq += scale * dlse * attention(q, k, k)`` and ``dk += scale * P^T (dlse * q)`` (the value
-    gradient of the same attention for the upstream ``dlse * q``). Both only when ``dlse`` is given.
+    gradient of the same attention for the upstream ``dlse * q``). Both only when ``dlse`` is given
+    (an unused log-sum-exp passes None, not zeros: no second attention for nothing).
     """
 
     @staticmethod
@@ -57,6 +72,7 @@ class _AttentionWithLse(torch.autograd.Function):
         o, lse = _ATEN._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale = scale
+        ctx.set_materialize_grads(False)
         return o, lse
 
     @staticmethod
@@ -79,18 +95,76 @@ class _AttentionWithLse(torch.autograd.Function):
         return dq, dk, dv, None
 
 
+def _edge_rows(q: torch.Tensor, k: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, scale: float):
+    """The CPU flash kernel's ``(o, lse)`` with the edge rows of docs/design.md (Edge cases) made exact.
+
+    The kernel returns ``o = 0``, ``lse = 0`` for a row without keys (every logit ``-inf``) and also
+    for a row whose logits are all NaN or ``-inf`` when the NaN ones sit outside its vector lanes. Only
+    rows with ``lse == 0`` exactly can be either, so only their logits are recomputed (fp32,
+    ``(q k^T) * scale`` as the kernel): a NaN or ``+inf`` logit makes the row NaN (``o`` and ``lse``),
+    all ``-inf`` gives ``lse = -inf`` (``o`` stays 0). An ordinary row with ``lse = 0`` is left as is.
+    Not applied under ``torch.compile`` (no data-dependent branch in the graph) nor on meta tensors.
+    """
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return o, lse
+    candidates = lse == 0
+    if not candidates.any():  # ordinary inputs: one comparison over [b, H, L]
+        return o, lse
+    nan_rows, empty_rows = torch.zeros_like(candidates), torch.zeros_like(candidates)
+    block = max(1, reference._MAX_SCORE_ELEMENTS // k.shape[2])
+    with torch.no_grad():
+        for b, h in candidates.any(-1).nonzero().tolist():
+            for rows in candidates[b, h].nonzero().flatten().split(block):
+                s = torch.matmul(q[b, h, rows].float(), k[b, h].float().transpose(0, 1)) * scale
+                nan_rows[b, h, rows] = (torch.isnan(s) | torch.isposinf(s)).any(-1)
+                empty_rows[b, h, rows] = torch.isneginf(s).all(-1)
+    if nan_rows.any():
+        o = torch.where(nan_rows.unsqueeze(-1), float("nan"), o)
+    lse = torch.where(nan_rows, float("nan"), torch.where(empty_rows, float("-inf"), lse))
+    return o, lse
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_lse: bool):
     """Attention over heads-first ``[b, H, Lq, D]`` / ``[b, H, Lk, D]``: ``o [b, H, Lq, D]`` and
     (with ``return_lse``) ``lse [b, H, Lq]`` float32 (float64 for float64 inputs)."""
+    if _use_aten_cpu_flash(q):
+        if return_lse:
+            o, lse = _AttentionWithLse.apply(q, k, v, scale)
+        else:  # what scaled_dot_product_attention runs on a CPU (bitwise), plus the log-sum-exp
+            o, lse = _ATEN._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+        o, lse = _edge_rows(q, k, o, lse, scale)
+        return o, (lse if return_lse else None)
     if not return_lse:
         return F.scaled_dot_product_attention(q, k, v, scale=scale), None
-    if _use_aten_cpu_flash(q):
-        return _AttentionWithLse.apply(q, k, v, scale)
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)) * scale
     lse = torch.logsumexp(scores, dim=-1)
     o = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v.to(cdt))
     return o.to(q.dtype), lse
+
+
+# ------------------------------------------------------------------------------------ FLOP counting
+def _register_cpu_flash_flops() -> None:
+    """``torch.utils.flop_counter`` formulas for the CPU flash op and its backward: PyTorch's own SDPA
+    counts (2 products forward, 5 backward), which it registers only for the CUDA ops. Skipped for an
+    op that already has one (a later PyTorch's, or a second call): registering twice is an error."""
+    from torch.utils import flop_counter
+
+    def forward_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(q, k, v)
+
+    def backward_flops(do, q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(do, q, k, v)
+
+    for op, formula in (
+        (_ATEN._scaled_dot_product_flash_attention_for_cpu, forward_flops),
+        (_ATEN._scaled_dot_product_flash_attention_for_cpu_backward, backward_flops),
+    ):
+        if op not in flop_counter.flop_registry:
+            flop_counter.register_flop_formula(op)(formula)
+
+
+_register_cpu_flash_flops()
 
 
 # ------------------------------------------------------------------------------------ chunk_attention

@@ -1,9 +1,16 @@
-"""Numerical edge cases of the attention backends (issue 13, points 11-14), against the reference.
+"""Numerical edge cases of the attention backends (issues 13.11-14 and 19.14), against the reference.
+
+The contract is docs/design.md, Edge cases; every backend (reference, sdpa, Triton) is held to it.
 
 * A non-finite key reaches only the gradients of the queries that see it, as in the reference.
 * ``merge_attention`` with both sides empty: finite (zero) gradients in every backend.
 * A row whose logits all overflow to ``-inf`` is a row without keys: ``o = 0``, ``lse = -inf``,
-  no gradient through it (the reference agrees on ``lse``).
+  no gradient through it.
+* A row with a NaN or ``+inf`` logit (a NaN query, ``q.k`` overflowing to ``inf - inf``, a NaN
+  among ``-inf`` logits) is NaN in ``o`` and ``lse`` and in exactly the gradients the reference has
+  NaN, on windows shorter and longer than the CPU flash kernel's vector lanes; a split of the keys
+  (global_attention's split-key merge) cannot drop it. ``merge_attention`` propagates NaN as the
+  reference does.
 * Huge logits: the backward stays finite, exact for saturated rows (fp16 inputs near 6e4), and
   within the documented bound below them.
 
@@ -11,6 +18,7 @@ Triton runs in the CPU interpreter here (tests/conftest.py), fp32 and fp16 only 
 wrong in the Triton 3.9 interpreter). Shapes are tiny: the interpreter is slow.
 """
 
+import functools
 import math
 
 import pytest
@@ -54,19 +62,24 @@ def test_nan_key_reaches_only_the_gradients_of_queries_that_see_it(N, chunk, con
         o, _ = _chunk(*leaves, backend, chunk_size=chunk, context_size=context, context_grad=context_grad)
         loss = (o * g.to(DEVICE)).sum() + 0.5 * (o * o).sum()
         results[backend] = [o, *torch.autograd.grad(loss, leaves)]
-    fast = [(backend, name, got, want) for backend in ("triton", "sdpa")
-            for name, got, want in zip(["o", "dq", "dk", "dv"], results[backend], results["reference"])]  # fmt: skip
-    for backend, name, got, want in fast:
-        name = f"{backend} {name}"
-        got, want = got.detach().cpu(), want.detach().cpu()
-        nan_got, nan_want = torch.isnan(got).any(-1), torch.isnan(want).any(-1)
-        assert torch.equal(nan_got, nan_want), (
-            f"{name}: NaN rows {nan_got[0, :, 1].nonzero().flatten().tolist()}, "
-            f"reference {nan_want[0, :, 1].nonzero().flatten().tolist()}"
-        )
-        assert nan_want.any() and not nan_want.all(), f"{name}: the case must have NaN rows and finite rows"
-        finite = ~nan_want
-        assert_close(got[finite], want[finite], tolerance(torch.float32), name)
+    for backend in ("triton", "sdpa"):
+        for name, got, want in zip(["o", "dq", "dk", "dv"], results[backend], results["reference"]):
+            assert_same_nan_rows(f"{backend} {name}", got, want)
+
+
+def assert_same_nan_rows(name, got, want, mixed=True):
+    """NaN in exactly the rows (vectors over the last dim) where the reference has NaN, the rest close.
+
+    ``mixed``: the case must have both NaN rows and finite rows, so it cannot pass vacuously.
+    """
+    got, want = got.detach().cpu(), want.detach().cpu()
+    nan_got, nan_want = torch.isnan(got).any(-1), torch.isnan(want).any(-1)
+    assert torch.equal(nan_got, nan_want), (
+        f"{name}: NaN at {nan_got.nonzero().tolist()[:8]}, reference at {nan_want.nonzero().tolist()[:8]}"
+    )
+    assert not mixed or (nan_want.any() and not nan_want.all()), f"{name}: the case must have NaN rows and finite rows"
+    finite = ~nan_want
+    assert_close(got[finite], want[finite], tolerance(torch.float32), name)
 
 
 # ------------------------------------------------------------------------------------ point 12
@@ -122,14 +135,14 @@ def test_chunk_row_with_all_logits_overflowing_has_no_keys():
     dq, dk, dv = torch.autograd.grad((o * g.to(DEVICE)).sum(), leaves)
     assert torch.equal(o[0, row].cpu(), torch.zeros(2, D)) and torch.isneginf(lse[0, :, row]).all()
     assert torch.equal(dq[0, row].cpu(), torch.zeros(2, D))
-    for backend in ("reference", "sdpa"):  # o = 0 everywhere; lse = -inf in the reference (sdpa: PyTorch's value)
+    for backend in ("reference", "sdpa"):  # o = 0, lse = -inf everywhere
         ref_leaves = _leaves(q, k, v)
         o_b, lse_b = _chunk(*ref_leaves, backend, chunk_size=16, context_size=8)
         dq_b = torch.autograd.grad((o_b * g.to(DEVICE)).sum(), ref_leaves)[0]
         assert torch.equal(o_b[0, row].cpu(), torch.zeros(2, D)), backend
         assert torch.equal(dq_b[0, row].cpu(), torch.zeros(2, D)), backend
         assert torch.isfinite(dq_b).all(), backend
-        assert backend == "sdpa" or torch.isneginf(lse_b[0, :, row]).all()
+        assert torch.isneginf(lse_b[0, :, row]).all(), backend
 
     q0, g0 = q.clone(), g.clone()
     q0[0, row] = 0.0
@@ -165,7 +178,167 @@ def test_global_query_with_all_logits_overflowing_has_no_keys(splits):
     assert_close(lse[:, :, others].cpu(), lse_r[:, :, others], tolerance(torch.float32), "lse")
 
 
-# ------------------------------------------------------------------------------------ point 14
+# ------------------------------------------------------------------------------------ issue 19.14
+ROW, HEAD = 3, 1  # the edge row
+
+
+def _no_keys(q, k, v):
+    """Every logit of the edge row is -inf (q.k = 3e38 * -10 overflows fp32); the other rows are ordinary
+    (their q is 0 in the first coordinate, and k's is only 10: no gradient is huge)."""
+    q[..., HEAD, 0] = 0.0
+    q[0, ROW, HEAD] = 0.0
+    q[0, ROW, HEAD, 0] = 3e38
+    k[..., HEAD, 0] = -10.0
+
+
+def _nan_among_no_keys(q, k, v):
+    """As :func:`_no_keys`, and key 2 is NaN: the edge row's logits are -inf and one NaN."""
+    _no_keys(q, k, v)
+    k[0, 2, HEAD, 1] = float("nan")
+
+
+def _nan_query(q, k, v):
+    q[0, ROW, HEAD, 5] = float("nan")
+
+
+def _overflow_to_nan(q, k, v):
+    """The edge row's logits are 3e39 - 3e39 = inf - inf = NaN in fp32; the other rows are ordinary."""
+    q[..., HEAD, :2] = 0.0
+    q[0, ROW, HEAD, :2] = 3e38
+    k[..., HEAD, 0], k[..., HEAD, 1] = 10.0, -10.0
+
+
+def _posinf_logit(q, k, v):
+    """One logit of the edge row is +inf (3e38 * 10), its others finite; the other rows are ordinary."""
+    _no_keys(q, k, v)
+    k[..., HEAD, 0] = torch.rand(k.shape[1]) - 0.5
+    k[0, 2, HEAD, 0] = 10.0
+
+
+EDGE_ROWS = {
+    "no-keys": _no_keys,
+    "nan-among-no-keys": _nan_among_no_keys,
+    "nan-query": _nan_query,
+    "overflow-to-nan": _overflow_to_nan,
+    "posinf-logit": _posinf_logit,
+}
+
+
+def _edge_inputs(case, N, seed=19):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g = (torch.randn(1, N, 2, D, generator=gen) for _ in range(4))
+    EDGE_ROWS[case](q, k, v)
+    return q, k, v, g
+
+
+def _compare_edge_case(run, inputs, g, return_lse):
+    """``run(backend, *leaves) -> (o, lse)`` on every backend against the reference: NaN in the same rows of
+    ``o``, ``lse`` and every gradient (loss ``sum(o g)``, plus the finite part of ``lse`` times a weight with
+    ``return_lse``), equal values elsewhere; ``lse`` -inf in the same rows."""
+    results = {}
+    for backend in ("reference", "sdpa", "triton"):
+        leaves = _leaves(*inputs)
+        o, lse = run(backend, *leaves)
+        loss = (o * g.to(DEVICE)).sum()
+        if return_lse:
+            loss = loss + torch.where(torch.isfinite(lse), lse, 0.0).sum()
+        results[backend] = (o, lse, torch.autograd.grad(loss, leaves))
+    o_r, lse_r, grads_r = results["reference"]
+    edge = torch.isnan(o_r).any(-1) | (o_r == 0).all(-1)
+    assert edge.sum() >= 1 and not edge.all(), "the case must have edge rows and ordinary rows"
+    for backend in ("sdpa", "triton"):
+        o, lse, grads = results[backend]
+        assert_same_nan_rows(f"{backend} o", o, o_r, mixed=False)
+        assert torch.equal((o == 0).all(-1), (o_r == 0).all(-1)), f"{backend}: rows of o = 0 differ from the reference's"
+        lse, lse_ref = lse.detach().cpu(), lse_r.detach().cpu()
+        assert torch.equal(torch.isneginf(lse), torch.isneginf(lse_ref)), f"{backend}: lse = -inf rows"
+        bad, bad_ref = torch.isnan(lse) | torch.isposinf(lse), torch.isnan(lse_ref) | torch.isposinf(lse_ref)
+        assert torch.equal(bad, bad_ref), f"{backend}: NaN/+inf lse at {bad.nonzero().tolist()}, reference {bad_ref.nonzero().tolist()}"
+        assert_close(lse[torch.isfinite(lse_ref)], lse_ref[torch.isfinite(lse_ref)], tolerance(torch.float32), f"{backend} lse")
+        assert_same_nan_rows(f"{backend} dq", grads[0], grads_r[0], mixed=False)
+        assert_same_nan_rows(f"{backend} dk", grads[1], grads_r[1], mixed=False)
+        # dv of a row with a +inf logit: the reference's P is 0 beside that key, so only its dv is NaN; a
+        # kernel that recomputes P from a NaN lse (CPU flash with few keys, Triton) makes the dv of every
+        # key the row sees NaN (the keys whose dk is NaN). Either is the contract; the rest is equal.
+        got, want = grads[2].detach().cpu(), grads_r[2].detach().cpu()
+        nan_got, least = torch.isnan(got).any(-1), torch.isnan(want).any(-1)
+        most = least | torch.isnan(grads_r[1].detach().cpu()).any(-1)
+        assert torch.equal(nan_got & least, least) and torch.equal(nan_got | most, most), (
+            f"{backend} dv: NaN at {nan_got.nonzero().tolist()}, reference {least.nonzero().tolist()}"
+        )
+        assert_close(got[~nan_got], want[~nan_got], tolerance(torch.float32), f"{backend} dv")
+
+
+@pytest.mark.parametrize("return_lse", [False, True], ids=["o", "o-lse"])
+@pytest.mark.parametrize("case", list(EDGE_ROWS))
+@pytest.mark.parametrize("chunk, context", [(6, 3), (16, 8)], ids=["9-keys", "24-keys"])
+def test_chunk_edge_rows_follow_the_contract_on_every_backend(chunk, context, case, return_lse):
+    """Windows of at most 9 keys (fewer than the CPU flash kernel's vector lanes, where it dropped NaN
+    logits and returned 0) and of 24. Issue 19.14: sdpa gave 0 for a NaN query and for overflowing NaN rows."""
+    q, k, v, g = _edge_inputs(case, 24)
+
+    def run(backend, q, k, v):
+        if backend == "reference":
+            return ref.chunk_attention(q, k, v, chunk_size=chunk, context_size=context, return_lse=True)
+        out = vk.chunk_attention(q, k, v, chunk_size=chunk, context_size=context, return_lse=return_lse, backend=backend)
+        return out if return_lse else (out, ref.chunk_attention(q, k, v, chunk_size=chunk, context_size=context, return_lse=True)[1].detach())
+
+    _compare_edge_case(run, (q, k, v), g, return_lse)
+
+
+@pytest.mark.parametrize("case", list(EDGE_ROWS))
+@pytest.mark.parametrize("stride", [3, 1], ids=["12-keys", "32-keys"])
+def test_global_edge_rows_follow_the_contract_on_every_backend(stride, case):
+    """The same for a global query over the keyframes (4 tokens per frame, every ``stride``-th of 8 frames)."""
+    gq, k, v, g = _edge_inputs(case, 32)
+    gq, g = gq[:, :8].clone(), g[:, :8].clone()  # token 2, the edge cases' key, is in keyframe 0
+
+    def run(backend, gq, k, v):
+        impl = ref.global_attention if backend == "reference" else functools.partial(vk.global_attention, backend=backend)
+        return impl(gq, k, v, tokens_per_frame=4, keyframe_stride=stride, return_lse=True)
+
+    _compare_edge_case(run, (gq, k, v), g, True)
+
+
+def test_global_nan_in_one_key_split_reaches_the_merged_row():
+    """Triton's split-key forward merges the splits by their LSE: a split with a NaN logit has lse = NaN
+    (it was -inf, an empty split, so the merge dropped it and the row came out finite)."""
+    gq, k, v, _ = _edge_inputs("nan-query", 32)
+    gq = gq[:, :8].clone()
+    gq[0, ROW, HEAD, 5] = 0.0
+    k[0, 20, HEAD, 0] = float("nan")  # a key of the second split only
+    o_r, lse_r = ref.global_attention(gq, k, v, tokens_per_frame=4, keyframe_stride=1, return_lse=True)
+    o, lse = global_kernels.forward(gq.to(DEVICE), k.to(DEVICE), v.to(DEVICE), 4, 1, 0, D**-0.5, splits=2)
+    assert_same_nan_rows("o", o, o_r)
+    assert torch.equal(torch.isnan(lse.cpu()), torch.isnan(lse_r))
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "triton"])
+def test_merge_propagates_nan_as_the_reference(backend):
+    """NaN in ``o_a``, NaN or +inf in ``lse_a`` or ``lse_b``, next to an empty side: NaN rows, lse and
+    gradients where the reference has them."""
+    gen = torch.Generator().manual_seed(20)
+    o_a, o_b = (torch.randn(1, 6, 2, D, generator=gen) for _ in range(2))
+    lse_a, lse_b = (torch.randn(1, 2, 6, generator=gen) for _ in range(2))
+    o_a[0, 1, 0, 3] = float("nan")
+    lse_a[0, 0, 2] = float("nan")
+    lse_a[0, 1, 3] = float("inf")
+    lse_a[0, 0, 4], lse_b[0, 0, 4] = float("-inf"), float("nan")
+    g_o, g_lse = torch.randn(1, 6, 2, D, generator=gen), torch.randn(1, 2, 6, generator=gen)
+    results = {}
+    for name in ("reference", backend):
+        leaves = _leaves(o_a, lse_a, o_b, lse_b)
+        o, lse = vk.merge_attention(*leaves, backend=name)
+        loss = (o * g_o.to(DEVICE)).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * g_lse.to(DEVICE)).sum()
+        results[name] = (o, lse.unsqueeze(-1), *torch.autograd.grad(loss, leaves))
+    names = ["o", "lse", "do_a", "dlse_a", "do_b", "dlse_b"]
+    for name, got, want in zip(names, results[backend], results["reference"]):
+        if name.startswith("dlse"):
+            got, want = got.unsqueeze(-1), want.unsqueeze(-1)
+        assert_same_nan_rows(f"{backend} {name}", got, want)
+
+
+# ------------------------------------------------------------------------------------ issue 13.14
 def test_fp16_inputs_near_their_maximum_give_the_reference_gradients():
     """|q|, |k| in [3e4, 6e4] fp16: logits ~1e10, one key per row. Was inf/NaN in Triton (issue 13.14)."""
     gen = torch.Generator().manual_seed(16)

@@ -443,6 +443,25 @@ def test_chunk_layout_valid():
 
 
 # ---------------------------------------------------------------------------- empty inputs are fine
+# Empty inputs give empty outputs on every backend, and a backward like any other call: every input
+# that requires grad gets a zero gradient of its shape (issue 19.14; docs/design.md, Edge cases).
+BACKENDS = ["reference", "sdpa", "triton"]
+
+
+def leaves(*shapes) -> list[torch.Tensor]:
+    return [t(*shape).requires_grad_() for shape in shapes]
+
+
+def assert_zero_backward(outputs, inputs) -> None:
+    """``sum(outputs).backward()`` runs (the outputs are part of the graph) and every input's gradient is 0."""
+    assert all(o.requires_grad for o in outputs), "an empty output has no autograd graph"
+    sum(o.sum() for o in outputs).backward()
+    for i, x in enumerate(inputs):
+        assert x.grad is not None and x.grad.shape == x.shape, f"input {i}: gradient {x.grad}"
+        assert torch.equal(x.grad, torch.zeros_like(x)), f"input {i}: nonzero gradient"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "shape, globals_",
     [
@@ -450,19 +469,36 @@ def test_chunk_layout_valid():
         pytest.param((B, 0, H, D), None, id="N=0"),
         pytest.param((B, 0, H, D), (1, G, H, D), id="N=0-with-globals"),
         pytest.param((0, N, H, D), (1, G, H, D), id="B=0-with-globals"),
-        pytest.param((B, N, H, D), (B, 0, H, D), id="G=0-globals"),
+        pytest.param((B, 0, H, D), (B, 0, H, D), id="N=0-G=0-globals"),
     ],
 )
-def test_chunk_attention_empty(shape, globals_):
-    q, k, v = t(*shape), t(*shape), t(*shape)
-    gk, gv = (t(*globals_), t(*globals_)) if globals_ else (None, None)
-    o, lse = vk.chunk_attention(q, k, v, chunk_size=4, context_size=4, global_k=gk, global_v=gv, return_lse=True)
+def test_chunk_attention_empty(shape, globals_, backend):
+    q, k, v, *globals_ = leaves(shape, shape, shape, *([globals_] * 2 if globals_ else []))
+    gk, gv = globals_ or (None, None)
+    kw = dict(chunk_size=4, context_size=4, global_k=gk, global_v=gv, backend=backend)
+    o, lse = vk.chunk_attention(q, k, v, return_lse=True, **kw)
     b, n, h, _ = shape
     assert o.shape == shape and o.dtype == q.dtype
     assert lse.shape == (b, h, n) and lse.dtype == torch.float32
-    assert vk.chunk_attention(q, k, v, chunk_size=4, global_k=gk, global_v=gv).shape == shape
+    assert_zero_backward([o, lse, vk.chunk_attention(q, k, v, **kw)], [q, k, v, *globals_])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunk_attention_with_zero_globals_is_plain_chunk_attention(backend):
+    """``G = 0`` global tokens: the same outputs and gradients as no globals, and zero-size global gradients."""
+    q, k, v, gk, gv = leaves(*[(B, N, H, D)] * 3, (1, 0, H, D), (1, 0, H, D))
+    kw = dict(chunk_size=4, context_size=4, backend=backend)
+    o = vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, **kw)
+    grads = torch.autograd.grad(o.sum(), [q, k, v, gk, gv])
+    q2, k2, v2 = (x.detach().requires_grad_() for x in (q, k, v))
+    o2 = vk.chunk_attention(q2, k2, v2, **kw)
+    torch.testing.assert_close(o, o2)
+    for got, want in zip(grads, torch.autograd.grad(o2.sum(), [q2, k2, v2])):
+        torch.testing.assert_close(got, want)
+    assert grads[3].shape == gk.shape and grads[4].shape == gv.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "gq_shape, kv_shape",
     [
@@ -472,21 +508,27 @@ def test_chunk_attention_empty(shape, globals_):
         pytest.param((0, G, H, D), (0, 0, H, D), id="B=0-and-N=0"),
     ],
 )
-def test_global_attention_empty(gq_shape, kv_shape):
-    gq, k, v = t(*gq_shape), t(*kv_shape), t(*kv_shape)
-    o, lse = vk.global_attention(gq, k, v, tokens_per_frame=T, keyframe_stride=2, return_lse=True)
+def test_global_attention_empty(gq_shape, kv_shape, backend):
+    gq, k, v = leaves(gq_shape, kv_shape, kv_shape)
+    kw = dict(tokens_per_frame=T, keyframe_stride=2, backend=backend)
+    o, lse = vk.global_attention(gq, k, v, return_lse=True, **kw)
     b, g, h, _ = gq_shape
     assert o.shape == gq_shape and o.dtype == gq.dtype
     assert lse.shape == (b, h, g) and lse.dtype == torch.float32
+    assert_zero_backward([o, lse, vk.global_attention(gq, k, v, **kw)], [gq, k, v])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(B, 0, H, D), (0, N, H, D)], ids=["N=0", "B=0"])
-def test_merge_attention_empty(shape):
+def test_merge_attention_empty(shape, backend):
     b, n, h, _ = shape
-    o, lse = vk.merge_attention(t(*shape), t(b, h, n), t(*shape), t(b, h, n))
+    inputs = leaves(shape, (b, h, n), shape, (b, h, n))
+    o, lse = vk.merge_attention(*inputs, backend=backend)
     assert o.shape == shape and lse.shape == (b, h, n) and lse.dtype == torch.float32
+    assert_zero_backward([o, lse], inputs)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
 @pytest.mark.parametrize("fused_update", [False, True], ids=["eps-only", "with-x"])
 @pytest.mark.parametrize(
@@ -498,9 +540,10 @@ def test_merge_attention_empty(shape):
         pytest.param(B, (3, 0), id="feat-(3,0)"),
     ],
 )
-def test_overlap_fuse_empty(batch, feat, fused_update, out_windows):
-    eps = t(batch, NW, L, *feat)
-    kw = dict(x=t(batch, F, *feat), coeffs=(0.5, 2.0)) if fused_update else {}
-    out = vk.overlap_fuse(eps, LAYOUT, out_windows=out_windows, **kw)
+def test_overlap_fuse_empty(batch, feat, fused_update, out_windows, backend):
+    eps, x = leaves((batch, NW, L, *feat), (batch, F, *feat))
+    kw = dict(x=x, coeffs=(0.5, 2.0)) if fused_update else {}
+    out = vk.overlap_fuse(eps, LAYOUT, out_windows=out_windows, backend=backend, **kw)
     assert out.shape == ((batch, NW, L, *feat) if out_windows else (batch, F, *feat))
     assert out.dtype == eps.dtype
+    assert_zero_backward([out], [eps, x] if fused_update else [eps])

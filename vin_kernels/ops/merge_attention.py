@@ -69,7 +69,7 @@ def _backward(ctx, do, dlse):
     m = torch.where(torch.isneginf(m), 0.0, m)
     e_a, e_b = torch.exp(lse_a - m), torch.exp(lse_b - m)
     total = e_a + e_b
-    total = torch.where(total > 0, total, 1.0)
+    total = torch.where(total == 0, 1.0, total)  # both sides empty; a NaN or +inf side keeps its NaN weights
     w_a, w_b = e_a / total, e_b / total
     do32 = do.float()
     cross = (do32 * (o_a.float() - o_b.float())).sum(-1).transpose(1, 2)  # [B, H, N]

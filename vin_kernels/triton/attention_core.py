@@ -235,10 +235,11 @@ def finish_rows(m_i, l_i, acc1, acc2):
     """``(o1, o2, lse)`` of the online softmax: ``o = acc / l``, natural-log ``lse = (m + log2 l) ln 2``.
 
     A row without a key of finite logit (``l = 0``) gets ``o = 0`` and ``lse = -inf``, the same as an
-    empty side of :func:`vin_kernels.merge_attention`.
+    empty side of :func:`vin_kernels.merge_attention`. A row with a NaN or ``+inf`` logit has ``l = NaN``
+    and gets NaN in both, so no merge (nor the split-key merge of global_attention) takes it for empty.
     """
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * LN2_C, float("-inf"))
+    l_safe = tl.where(l_i == 0, 1.0, l_i)
+    lse = tl.where(l_i == 0, float("-inf"), (m_i + tl.log2(l_safe)) * LN2_C)
     return acc1 / l_safe[:, None], acc2 / l_safe[:, None], lse
 
 
