@@ -17,15 +17,16 @@ native length (81, 161, 321 video frames = 21, 41, 81 latent frames), three ways
   in one batched forward, blended by ``overlap_fuse`` (at 1x the video fits one window and passes
   through: the stock model, not measured again).
 
-Per row: the median of 3 steps after a warm-up (wall clock), the peak resident memory above the
-pre-step level (:class:`vin_bench.suites.model.RssSampler`, in a pass after all timings), FLOPs per
-step counted analytically (:func:`wan_step_flops`, every matrix product as ``2*M*K*N`` and the
-attention products with :mod:`vin_kernels.flops`) and cross-checked against
-``torch.utils.flop_counter.FlopCounterMode`` on the meta device (SDPA forced to its math path, whose
-matrix products it counts), and the self-attention share of the step: of its FLOPs, and of its time
-(the self-attention op alone on the same tensors, timed apart, times the blocks). The FLOP model also
-gives every mode at the real model's size (30 blocks, 480x832: 1560 tokens per latent frame), where
-stock attention at 4x (126k tokens) would take hours on this CPU. ``--quick``: 1 block at 4x8 latent
+Per row: the median of 3 steps after a warm-up (wall clock; the load average at the row's start is
+recorded), the peak resident memory above the pre-step level (:class:`vin_bench.suites.model.RssSampler`,
+in a pass after all timings), FLOPs per step counted analytically (:func:`wan_step_flops`, every
+matrix product as ``2*M*K*N`` and the attention products with :mod:`vin_kernels.flops`) and
+cross-checked against ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (SDPA forced to
+its math path, whose matrix products it counts), and the self-attention share of the step: of its
+FLOPs, and of its time (the self-attention op alone on tensors of the step's shapes, the median of 5
+runs, times the blocks). The FLOP model also gives every mode at the real model's size (30 blocks,
+480x832: 1560 tokens per latent frame), where stock attention at 4x (126k tokens) would take hours on
+this CPU (2.9 PFLOP of self-attention per step). ``--quick``: 1 block at 4x8 latent
 pixels, 1x and 2x, one timed step (a smoke run, not a measurement).
 """
 
@@ -67,6 +68,7 @@ MODES = ("stock", "chunked", "long_video")
 DEFAULT_LAYERS, DEFAULT_LATENT_SIZE = 2, (16, 28)
 QUICK_LAYERS, QUICK_LATENT_SIZE = 1, (4, 8)
 WARMUP, TIMED = 1, 3
+ATTENTION_TIMED = 5  # the self-attention op alone: cheaper than a step, so more runs against the machine's noise
 
 
 def add_arguments(group) -> None:
@@ -262,13 +264,18 @@ def run(ctx: Context) -> dict:
             flops = wan_step_flops(layers, frames, tokens_per_frame, mode)
             row = {
                 "mode": mode, "multiple": multiple, "video_frames": video, "latent_frames": frames,
+                "load_average": list(os.getloadavg()),
                 "tokens": frames * tokens_per_frame, "flops": sum(flops.values()), "flop_components": flops,
                 "counted_flops": counted_flops(model_meta, frames, latent_size, mode),
             }  # fmt: skip
             with installed(model, mode):
                 times = measure(counted(lambda: model(**inputs)), ctx.device, warmup=warmup, iters=timed)
             row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
-            attention = measure(_self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup, iters=timed)
+            attention = measure(
+                _self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup,
+                iters=timed if quick else ATTENTION_TIMED,
+            )  # fmt: skip
+            row["self_attention_op_times_ms"] = attention
             row["self_attention_ms"] = summary(attention)["median_ms"] * layers
             rows.append(row)
         live_memory = RssSampler.track_live_memory()  # after the timings: it slows steps down (model suite)
@@ -386,7 +393,17 @@ def memory_verdict(result: dict) -> str:
             f"*{mode}* {per[0]:.1f} MiB per latent frame at {own[0]['latent_frames']} latent frames, {per[-1]:.1f} at "
             f"{own[-1]['latent_frames']} (max/min {max(per) / min(per):.2f})"
         )
-    return "Peak RSS growth per latent frame: " + "; ".join(parts) + "." if parts else ""
+    if not parts:
+        return ""
+    longest = max(r["latent_frames"] for r in result["rows"])
+    held = ChunkLayout.windows(longest, WINDOW, OVERLAP).num_chunks * WINDOW
+    ffn_kib = WAN_2_1_1_3B["ffn_dim"] * 4 / 1024
+    return (
+        "Peak RSS growth per latent frame: " + "; ".join(parts) + ". PyTorch's CPU SDPA (the flash kernel) "
+        "never holds the N x N scores, so the stock step's memory is linear in the length too; it is mostly "
+        f"the blocks' activations (the FFN's hidden layer: {ffn_kib:.0f} KiB per token). LongVideo's windows "
+        f"hold {held} latent frames for a video of {longest}."
+    )
 
 
 def headline(result: dict) -> list[str]:
@@ -415,13 +432,14 @@ def files(result: dict, out, stem: str) -> list:
         own = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["latent_frames"])
         if not own:
             continue
-        label = mode
+        notes = []
         if mode == "long_video":  # at 1x the video fits one window: LongVideo passes it through to the stock model
             own = [r for r in rows if r["mode"] == "stock" and r["multiple"] == 1] + own
-            label += " (1x: = stock)"
+            notes.append("1x = stock")
         x = [r["latent_frames"] for r in own]
         if own[-1].get("time_ratio_to_stock") is not None:
-            label += f" ({own[-1]['time_ratio_to_stock']:.2f}x time, {own[-1]['flop_ratio_to_stock']:.2f}x FLOPs at {x[-1]})"
+            notes.append(f"{own[-1]['time_ratio_to_stock']:.2f}x time, {own[-1]['flop_ratio_to_stock']:.2f}x FLOPs at {x[-1]}")
+        label = mode + (f" ({'; '.join(notes)})" if notes else "")
         axes[0].plot(x, [r["step_median_ms"] / 1e3 for r in own], marker="o", color=colors[mode], label=label)
         if all("rss_growth_per_latent_frame" in r for r in own):
             axes[1].plot(x, [r["rss_growth_per_latent_frame"] / 2**20 for r in own], marker="o", color=colors[mode], label=mode)
