@@ -34,7 +34,8 @@ class VINAdapter(nn.Module):
     once the gate moves, the VIN trains too. ``gate = 1`` is the ungated VIN attention; the gate is
     not bounded (a negative one pushes the output away from the global tokens). Adam moves it by
     about its learning rate per step, so give it a larger one than the VIN's (the tests and
-    ``examples/wan_long_video.py`` use 10x: 30 steps then lower the loss by 16% instead of 4.5%).
+    ``examples/wan_long_video.py`` use 10x; in ``test_short_training_run_lowers_the_loss`` 30 steps
+    then lower the loss by 16% instead of 4.5%).
 
     The VIN is built for the transformer's geometry: latent channels, spatial patch and text width
     from its config, heads/head dim and layer count from its video self-attentions, and a fixed
@@ -42,11 +43,14 @@ class VINAdapter(nn.Module):
 
     Args:
         transformer: a supported diffusers video transformer (not registered as a submodule: the
-            adapter's ``parameters()`` are the VIN's only).
+            adapter's ``parameters()`` are the VIN's and the gate).
         config: the VIN's :class:`vin.VINConfig` (tokens, width, depth, heads, keyframe interval,
             fps and video frames per latent frame of the model's VAE).
         height, width: latent height and width of the videos (before patching).
-        backend: vin_kernels backend of the VIN's attention.
+        backend: vin_kernels backend of the VIN's attention (checked here).
+
+    Attributes:
+        vin: the :class:`vin.VIN`. gate: ``[layers, heads]`` float32 parameter, zeros at construction.
     """
 
     def __init__(self, transformer, config: VINConfig, *, height: int, width: int, backend: str = "auto"):
