@@ -17,12 +17,14 @@ registering a callable; no op schema names a backend.
 
 ``backend="auto"`` takes ``VIN_KERNELS_BACKEND`` if set, else the first backend of
 :data:`AUTO_ORDER` for the tensors' device type that implements the op and can run the inputs
-(device, availability, head dim). A backend asked for by name (argument or environment) must
-implement the op and be able to run the inputs, or the call raises saying why.
+(device, availability, head dim, and for Triton on a GPU whether every kernel the op launches has a
+tile option that fits the device for the dtype and head dim). A backend asked for by name (argument
+or environment) must implement the op and be able to run the inputs, or the call raises saying why.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable
@@ -35,11 +37,13 @@ __all__ = [
     "BACKENDS",
     "BackendStatus",
     "Implementation",
+    "TRITON_MIN_VERSION",
     "backends",
     "implementation",
     "register",
     "select_backend",
     "triton_interpreted",
+    "triton_version_problem",
 ]
 
 BACKENDS = ("reference", "sdpa", "triton", "cuda")
@@ -99,9 +103,30 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# The oldest Triton the kernels import and compile with (torch 2.8 pins 3.4); python -m bench --suite
+# static --triton-versions checks every version from it to the newest (3.9).
+TRITON_MIN_VERSION = (3, 4)
+
+
+def triton_version_problem() -> str | None:
+    """Why the installed triton cannot run the kernels (too old), or None (also when it is absent)."""
+    try:
+        version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+    if parts >= TRITON_MIN_VERSION:
+        return None
+    want = ".".join(map(str, TRITON_MIN_VERSION))
+    return (f"vin_kernels' Triton kernels need triton >= {want} (torch >= 2.8 brings it); triton {version} is "
+            f"installed: upgrade triton, or use the sdpa backend")
+
+
 def _triton_status() -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "the triton package is not installed"
+    if (problem := triton_version_problem()) is not None:
+        return False, problem
     if torch.cuda.is_available():
         return True, "triton installed, CUDA device present"
     if triton_interpreted():
@@ -153,8 +178,18 @@ def backends() -> dict[str, BackendStatus]:
     }
 
 
-def _problem(impl: Implementation, device: torch.device, head_dim: int | None) -> Exception | None:
-    """Why ``impl`` cannot run inputs on ``device`` with ``head_dim`` (None if it can)."""
+@_constant_to_compile
+def _tile_problem(op: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why some Triton kernel of ``op`` has no tile option that fits ``device`` (see
+    :mod:`vin_kernels.triton.tiles`), or None."""
+    from .triton import tiles
+
+    return tiles.unfit_reason(op, device, dtype, head_dim)
+
+
+def _problem(impl: Implementation, device: torch.device, head_dim: int | None,
+             dtype: torch.dtype | None = None) -> Exception | None:
+    """Why ``impl`` cannot run inputs of ``dtype`` on ``device`` with ``head_dim`` (None if it can)."""
     if impl.head_dims is not None and head_dim is not None and head_dim not in impl.head_dims:
         return ValueError(
             f"head_dim {head_dim} (last dim of the inputs) is not supported by the {impl.backend} backend, "
@@ -167,18 +202,23 @@ def _problem(impl: Implementation, device: torch.device, head_dim: int | None) -
     ok, why = _status(impl.backend)
     if not ok:
         return RuntimeError(f"the {impl.backend} backend is unavailable: {why}")
+    if impl.backend == "triton" and device.type == "cuda" and dtype is not None and head_dim is not None:
+        if (why := _tile_problem(impl.op, device, dtype, head_dim)) is not None:
+            return ValueError(why)
     return None
 
 
-def implementation(op: str, requested: str, device: torch.device, head_dim: int | None = None) -> Implementation:
-    """The implementation that runs ``op`` for inputs on ``device`` (with ``head_dim``, attention ops).
+def implementation(op: str, requested: str, device: torch.device, head_dim: int | None = None,
+                   dtype: torch.dtype | None = None) -> Implementation:
+    """The implementation that runs ``op`` for inputs on ``device`` (with ``head_dim`` and ``dtype``, attention ops).
 
     Args:
         op: a registered op name.
         requested: ``"auto"`` or a backend name.
     Raises:
         TypeError: ``requested`` is not a string.
-        ValueError: unknown name, the op lacks that backend, or the inputs do not suit it (device, head dim).
+        ValueError: unknown name, the op lacks that backend, or the inputs do not suit it (device, head dim,
+            no tile option that fits the device for the dtype and head dim).
         RuntimeError: the backend is not available on this machine.
     """
     if not isinstance(requested, str):
@@ -191,15 +231,16 @@ def implementation(op: str, requested: str, device: torch.device, head_dim: int 
     impls = _REGISTRY[op]
     if requested == "auto":
         order = AUTO_ORDER["cuda" if device.type == "cuda" else "other"]
-        return next(impls[name] for name in order if name in impls and _problem(impls[name], device, head_dim) is None)
+        return next(impls[name] for name in order if name in impls and _problem(impls[name], device, head_dim, dtype) is None)
     if requested not in impls:
         raise ValueError(f"{op} has no {requested!r} backend ({source}={requested!r}); it has: {', '.join(impls)}")
-    problem = _problem(impls[requested], device, head_dim)
+    problem = _problem(impls[requested], device, head_dim, dtype)
     if problem is not None:
         raise type(problem)(f"{op}: {source}={requested!r}: {problem}")
     return impls[requested]
 
 
-def select_backend(op: str, requested: str, device: torch.device, head_dim: int | None = None) -> str:
+def select_backend(op: str, requested: str, device: torch.device, head_dim: int | None = None,
+                   dtype: torch.dtype | None = None) -> str:
     """The name of the backend :func:`implementation` picks."""
-    return implementation(op, requested, device, head_dim).backend
+    return implementation(op, requested, device, head_dim, dtype).backend

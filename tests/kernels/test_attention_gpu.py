@@ -110,3 +110,23 @@ def test_auto_backend_uses_triton_on_gpu():
     assert vk.dispatch.select_backend("chunk_attention", "auto", q.device) == "triton"
     o = vk.chunk_attention(q, q, q, chunk_size=16)
     assert_close(o, ref.chunk_attention(q.float(), q.float(), q.float(), chunk_size=16), tolerance(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_the_first_option_that_fits_this_gpu_runs(dtype, monkeypatch):
+    """VIN_KERNELS_AUTOTUNE=0 runs, forward and backward at D = 128, the first tile option whose
+    shared-memory estimate fits this GPU (vin_kernels/triton/tiles.py): no OutOfResources on a 99 KB
+    part, where the most preferred options do not fit."""
+    from vin_kernels.triton import tiles
+
+    monkeypatch.setenv("VIN_KERNELS_AUTOTUNE", "0")
+    arch = tiles.device_arch(torch.device("cuda"))
+    size = torch.empty((), dtype=dtype).element_size()
+    assert all(t.candidates(arch, size, 128) for t in tiles.TUNINGS.values())
+    _check(dtype, 128, frames=6, chunk=2, context=1, G=64, H=2)
+    gq, k, v = (torch.randn(s, device="cuda", dtype=dtype).requires_grad_()
+                for s in [(1, 64, 2, 128), (1, 6 * T, 2, 128), (1, 6 * T, 2, 128)])
+    o = vk.global_attention(gq, k, v, tokens_per_frame=T, keyframe_stride=2, backend="triton")
+    o_r = ref.global_attention(*(t.detach().float() for t in (gq, k, v)), tokens_per_frame=T, keyframe_stride=2)
+    assert_close(o, o_r, tolerance(dtype), "o")
+    torch.autograd.grad(o, (gq, k, v), torch.randn_like(o))

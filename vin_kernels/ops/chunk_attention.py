@@ -62,7 +62,7 @@ def chunk_attention(
     validate_chunk_attention(
         q, k, v, global_k, global_v, chunk_size, context_size, context_grad, softmax_scale, return_lse
     )
-    impl = implementation("chunk_attention", backend, q.device, head_dim=q.shape[-1])
+    impl = implementation("chunk_attention", backend, q.device, head_dim=q.shape[-1], dtype=q.dtype)
     return impl.fn(
         q, k, v, chunk_size=chunk_size, context_size=context_size, global_k=global_k, global_v=global_v,
         context_grad=context_grad, softmax_scale=softmax_scale, return_lse=return_lse,

@@ -50,7 +50,7 @@ def global_attention(
         z = global_attention(gq, k, v, tokens_per_frame=240, keyframe_stride=ChunkLayout.keyframe_stride())
     """
     validate_global_attention(gq, k, v, tokens_per_frame, keyframe_stride, keyframe_offset, softmax_scale, return_lse)
-    impl = implementation("global_attention", backend, gq.device, head_dim=gq.shape[-1])
+    impl = implementation("global_attention", backend, gq.device, head_dim=gq.shape[-1], dtype=gq.dtype)
     return impl.fn(
         gq, k, v, tokens_per_frame=tokens_per_frame, keyframe_stride=keyframe_stride,
         keyframe_offset=keyframe_offset, softmax_scale=softmax_scale, return_lse=return_lse,

@@ -24,13 +24,16 @@ saturated rows, the only kind at such logits, keep their exact gradient instead 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
-import triton
-import triton.language as tl
 
-from ..dispatch import triton_interpreted
+from ..dispatch import triton_interpreted, triton_version_problem
+
+if (_problem := triton_version_problem()) is not None:  # before Triton 3.2/3.3 fail with "0 active drivers"
+    raise ImportError(_problem)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -60,32 +63,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
-
-
-def tuning(options: dict[int, list[tuple[int, int, int, int]]]) -> dict:
-    """``triton.autotune`` arguments for ``{element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}``.
-
-    Every option becomes a ``triton.Config``; the pruner keeps the ones listed for the element size of
-    the kernel's first tensor argument, so 16-bit and fp32 inputs are tuned over their own lists (fp32
-    operands need twice the shared memory and registers per tile). In the interpreter one small tile
-    stands for all; ``VIN_KERNELS_AUTOTUNE=0`` keeps the first option of each list (no tuning).
-    """
-    if INTERPRETED:
-        options = {size: [(16, 16, 1, 1)] for size in options}
-    elif os.environ.get("VIN_KERNELS_AUTOTUNE", "1") == "0":
-        options = {size: tiles[:1] for size, tiles in options.items()}
-    configs = {}
-    for size, tiles in options.items():
-        for m, n, w, s in tiles:
-            configs.setdefault((m, n, w, s), triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s))
-
-    def prune_by_element_size(configs, named_args, **kwargs):
-        tensor = next(v for v in named_args.values() if hasattr(v, "element_size"))
-        wanted = set(options.get(tensor.element_size(), ()))
-        kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
-        return kept or configs
-
-    return {"configs": list(configs.values()), "prune_configs_by": {"early_config_prune": prune_by_element_size}}
 
 
 def bnh_strides(t: torch.Tensor) -> tuple[int, int, int]:

@@ -33,24 +33,31 @@ from .attention_core import (
     num_splits,
     shape_bucket,
     store_split,
-    tuning,
 )
+from .tiles import autotune, shared_dkdv, shared_dq, shared_fwd
 
-# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]} the autotuner tries (not yet timed on a
-# GPU). Every 16-bit option compiles for sm_90 and sm_80 at D = 64..128 without register spills, within
-# shared memory, with wgmma / mma.sync and every loop cp.async-pipelined (python -m bench --suite static;
-# tests/build/test_triton_compile.py). Measured that way (bf16, paper shapes) and left out: forward
-# 128x64 on 4 warps (sm_90 D=128: 255 registers + 112 B of spills, as the dense anchor), 128x128 on 8
-# warps (sm_80 D=128: 24 B), 64x64/4 warps/3 stages (sm_80 D=80: 8 B); dk/dv 64 queries x 128 keys on
-# 8 warps (sm_80 D=128: 64 B) and 64x64 on 4 warps (sm_80 D=72..128: 16-64 B); dq 64x64 on 4 warps
-# spills nothing but needs 255 registers on sm_80 at D = 96 (128x32 on 8 warps: 189 at most). fp32
-# (exact dots on FMA units) gets one option that fits sm_80's 163 KB at D = 128 (64x64 tiles with 3
-# stages asked for 180-214 KB).
-_FWD_OPTIONS = {2: [(128, 64, 8, 3), (64, 64, 4, 2)], 4: [(64, 32, 4, 2)]}
-_BWD_DQ_OPTIONS = {2: [(128, 64, 8, 2), (128, 32, 8, 3)], 4: [(64, 32, 4, 2)]}
+# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, most preferred first; a launch
+# autotunes over the options whose shared memory fits the device (vin_kernels/triton/tiles.py) and
+# VIN_KERNELS_AUTOTUNE=0 takes the first of them: on a 99 KB part (RTX 3090/4090/5090, A6000, L40S)
+# the forward and dq run 64x64 on 4 warps. Nothing here is timed on a GPU yet; the choices are static
+# (python -m bench --suite static, paper shapes, bf16): every 16-bit option compiles, wherever it fits,
+# for sm_80/86/89/90/100/120 with Triton 3.6 and 3.9 at D = 32..128 without spills, within shared
+# memory, with the arch's tensor-core instruction and every loop cp.async-pipelined
+# (tests/build/test_triton_compile.py enforces sm_86 + sm_90). Left out after measuring that way: dq
+# 128x32/8 warps/3 stages (Triton 3.9 sm_100 D=96: 8 B of spills) and 128x32/8/2 (3.6 sm_100 D=72:
+# 8 B); dk/dv 32x64/4/3 (3.9 sm_120 D=96: 8 B) and 32x32 tiles (mma.sync instead of wgmma/tcgen05:
+# 32 keys are less than a warpgroup's 64 rows); earlier (sm_80/sm_90 only): forward 128x64 on 4 warps
+# (sm_90 D=128: 112 B), 128x128 on 8 warps (sm_80 D=128: 24 B), dk/dv 64x128 on 8 warps (sm_80 D=128:
+# 64 B) and 64x64 on 4 warps (sm_80 D=72..128: 16-64 B). fp32 (exact dots on FMA units): one option
+# each that fits 99 KB at D = 128; with 4 warps the same tiles spilled 0.1-13 KB (Triton 3.9, D=128:
+# forward 64x32 up to 6.9 KB on sm_90; dk/dv 32x64 1.7 KB on sm_80 and 13 KB on sm_90), with 8 warps
+# they spill nothing on sm_80 and sm_90.
+_FWD_OPTIONS = {2: [(128, 64, 8, 3), (64, 64, 4, 2)], 4: [(64, 32, 8, 2)]}
+_BWD_DQ_OPTIONS = {2: [(128, 64, 8, 2), (64, 64, 4, 2)], 4: [(32, 32, 8, 2)]}
 # dk/dv and dglobal: BLOCK_N keys stay resident (dk and dv accumulate in registers) while BLOCK_M queries
 # stream by.
-_BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 3), (16, 64, 4, 3)], 4: [(32, 64, 4, 2)]}
+_BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 2), (16, 64, 4, 3)], 4: [(16, 64, 8, 2)]}
+_BWD_DGLOBAL_OPTIONS = _BWD_DKDV_OPTIONS
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "TUNE_BUCKET"]
 
 
@@ -94,7 +101,7 @@ def _key_block(pid_n, N, chunk_size, reach, BLOCK_N: tl.constexpr):
     return j0, j1, c, c_last
 
 
-@triton.autotune(**tuning(_FWD_OPTIONS), key=_AUTOTUNE_KEY)
+@autotune("chunk fwd", "chunk_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, GK, GV, O, LSE,
@@ -149,7 +156,7 @@ def _fwd_kernel(
     tl.store(LSE + (b * H + h) * N + rows, lse, mask=row_mask)
 
 
-@triton.autotune(**tuning(_BWD_DQ_OPTIONS), key=_AUTOTUNE_KEY)
+@autotune("chunk bwd dq", "chunk_attention", _BWD_DQ_OPTIONS, shared_dq, _AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, GK, GV, DO, LSE, DELTA, DQ,
@@ -204,7 +211,7 @@ def _bwd_dq_kernel(
     store_split(DQ, dq_off, row_mask, dq1 * sm_scale, dq2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["CONTEXT_GRAD"])
+@autotune("chunk bwd dk/dv", "chunk_attention", _BWD_DKDV_OPTIONS, shared_dkdv, _AUTOTUNE_KEY + ["CONTEXT_GRAD"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
@@ -255,7 +262,7 @@ def _bwd_dkdv_kernel(
     store_split(DV, dv_off, col_mask, dv1, dv2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY + ["SPLITS"])
+@autotune("chunk bwd dglobal", "chunk_attention", _BWD_DGLOBAL_OPTIONS, shared_dkdv, _AUTOTUNE_KEY + ["SPLITS"])
 @triton.jit
 def _bwd_dglobal_kernel(
     Q, GK, GV, DO, LSE, DELTA, DGK, DGV,

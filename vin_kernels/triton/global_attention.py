@@ -33,15 +33,19 @@ from .attention_core import (
     num_splits,
     shape_bucket,
     store_split,
-    tuning,
 )
+from .tiles import autotune, shared_dkdv, shared_dq, shared_fwd
 
-# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, checked as in chunk_attention.py.
-# Left out after measuring: forward 64x128 on 4 warps (sm_90 D=72: 8 B of spills), dq 64x128 on 8 warps
-# (sm_80 D=72/96: 40-104 B), dk/dv 64x128 on 8 warps and 64x64 on 4 warps (sm_80 D=72..128: 8-72 B).
-_FWD_OPTIONS = {2: [(64, 64, 4, 3), (128, 64, 8, 3)], 4: [(32, 64, 4, 2)]}
-_BWD_DQ_OPTIONS = {2: [(64, 64, 4, 3), (64, 32, 4, 3)], 4: [(32, 64, 4, 2)]}
-_BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 3), (16, 64, 4, 3)], 4: [(32, 64, 4, 2)]}
+# {element bytes: [(BLOCK_M, BLOCK_N, num_warps, num_stages), ...]}, pruned to the device and checked as
+# in chunk_attention.py (static numbers only, bf16). The forward's 64x64/4/2 and dq's 64x32/4/3 are what
+# fits a 99 KB part (dq's 64x64/4/3 compiles to 104 KB there). dk/dv runs on 8 warps: every 4-warp
+# option spilled somewhere with Triton 3.6 (16x64/3 stages: 8-16 B on sm_80 D=96, sm_100 D=128,
+# sm_120 D=72; 32x64/2: 8 B on sm_80/86/120 D=96; 32x64/3: up to 40 B on sm_80/86 D=128) or 3.9
+# (32x64/3: 40-56 B on sm_120 D=72/96). Left out earlier (sm_80/sm_90): forward 64x128 on 4 warps
+# (sm_90 D=72: 8 B) and 64x32/4/3 (sm_86 D=96: 8 B), dq 64x128 on 8 warps (sm_80 D=72/96: 40-104 B).
+_FWD_OPTIONS = {2: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2)], 4: [(64, 32, 8, 2)]}
+_BWD_DQ_OPTIONS = {2: [(64, 64, 4, 3), (64, 32, 4, 3)], 4: [(32, 32, 8, 2)]}
+_BWD_DKDV_OPTIONS = {2: [(32, 64, 8, 2)], 4: [(16, 64, 8, 2)]}
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "SPLITS", "TUNE_BUCKET"]
 
 
@@ -59,7 +63,7 @@ def _split_range(num_keys, SPLITS, BLOCK_N: tl.constexpr):
     return start, tl.minimum(start + per_split, num_keys)
 
 
-@triton.autotune(**tuning(_FWD_OPTIONS), key=_AUTOTUNE_KEY)
+@autotune("global fwd", "global_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     GQ, K, V, O, LSE,
@@ -99,7 +103,7 @@ def _fwd_kernel(
     tl.store(LSE + pid_s * sl_s + b * sl_b + h * sl_h + rows, lse, mask=row_mask)
 
 
-@triton.autotune(**tuning(_BWD_DQ_OPTIONS), key=_AUTOTUNE_KEY)
+@autotune("global bwd dq", "global_attention", _BWD_DQ_OPTIONS, shared_dq, _AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     GQ, K, V, DO, LSE, DELTA, DQ,
@@ -140,7 +144,7 @@ def _bwd_dq_kernel(
     store_split(DQ, dq_off, row_mask, dq1 * sm_scale, dq2 * sm_scale, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@triton.autotune(**tuning(_BWD_DKDV_OPTIONS), key=_AUTOTUNE_KEY)
+@autotune("global bwd dk/dv", "global_attention", _BWD_DKDV_OPTIONS, shared_dkdv, _AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dkdv_kernel(
     GQ, K, V, DO, LSE, DELTA, DK, DV,
