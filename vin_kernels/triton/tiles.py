@@ -131,8 +131,11 @@ def _attention_shared(streamed: str, resident: int, tcgen05_copies: int):
     ``stages`` buffers of the streamed tiles plus the resident tiles is what Triton allocates with
     wgmma (sm_90: equal, bf16, D = 128, Triton 3.9) and bounds what it allocates with mma.sync (it
     keeps q / dO in registers: 70-90% of it). tcgen05 (sm_100) reads both operands from shared
-    memory: ``tcgen05_copies`` more ``[rows, D]`` tiles (dq: one ``[BLOCK_N, D]``; dk/dv: two
-    ``[BLOCK_M, D]``) and its barriers, measured (bf16, D = 128, Triton 3.9) +16 KB + 48-1024 B.
+    memory: up to ``tcgen05_copies`` more ``[rows, D]`` tiles, a ``[BLOCK_M, BLOCK_N]`` probability
+    tile and its barriers (1 KB). Measured over the estimate without them (bf16, sm_100): dq +16 KB
+    (D = 128, Triton 3.9) and +24 KB (D = 72/96, 3.6): two ``[BLOCK_N, D]`` tiles bound it; dk/dv up to
+    +23 KB (3.6, D = 72): four ``[BLOCK_M, D]``; the forward's 128x64 tile +17 KB on Triton 3.4 (its
+    ``P`` in shared memory), 0.5 KB on 3.5-3.9.
     """
 
     def shared(option: Option, d1: int, d2: int, element_size: int, arch: Arch) -> int:
@@ -142,7 +145,8 @@ def _attention_shared(streamed: str, resident: int, tcgen05_copies: int):
         per_stage = 2 * loop_rows * d * element_size + (2 * loop_rows * 4 if streamed == "M" else 0)
         need = stages * per_stage + resident * fixed_rows * d * element_size
         if arch.tensor_core == "tcgen05":
-            need += tcgen05_copies * (block_n if streamed == "N" else block_m) * d * element_size + 1024
+            rows = block_n if streamed == "N" else block_m
+            need += tcgen05_copies * rows * d * element_size + block_m * block_n * element_size + 1024
         return need
 
     return shared
