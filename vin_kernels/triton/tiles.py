@@ -132,9 +132,9 @@ def _attention_shared(streamed: str, resident: int, tcgen05_copies: int):
     wgmma (sm_90: equal, bf16, D = 128, Triton 3.9) and bounds what it allocates with mma.sync (it
     keeps q / dO in registers: 70-90% of it). tcgen05 (sm_100) reads both operands from shared
     memory: up to ``tcgen05_copies`` more ``[rows, D]`` tiles, a ``[BLOCK_M, BLOCK_N]`` probability
-    tile and its barriers (1 KB). Measured over the estimate without them (bf16, sm_100): dq +16 KB
+    tile and 4 KB for its barriers. Measured over the estimate without them (bf16, sm_100): dq +16 KB
     (D = 128, Triton 3.9) and +24 KB (D = 72/96, 3.6): two ``[BLOCK_N, D]`` tiles bound it; dk/dv up to
-    +23 KB (3.6, D = 72): four ``[BLOCK_M, D]``; the forward's 128x64 tile +17 KB on Triton 3.4 (its
+    +23 KB (3.6, D = 72): four ``[BLOCK_M, D]``; the forward's 128x64 tile +18 KB on Triton 3.4 (its
     ``P`` in shared memory), 0.5 KB on 3.5-3.9.
     """
 
@@ -146,7 +146,7 @@ def _attention_shared(streamed: str, resident: int, tcgen05_copies: int):
         need = stages * per_stage + resident * fixed_rows * d * element_size
         if arch.tensor_core == "tcgen05":
             rows = block_n if streamed == "N" else block_m
-            need += tcgen05_copies * rows * d * element_size + block_m * block_n * element_size + 1024
+            need += tcgen05_copies * rows * d * element_size + block_m * block_n * element_size + 4096
         return need
 
     return shared
