@@ -3,7 +3,7 @@
 Line plots (flops, model) put every measured video length on the x axis as a tick, labelled with its
 video frames over its latent frames; when there are more lengths than fit, the labels are thinned
 (every point keeps its marker and an unlabelled tick). Their log y axis labels 1, 2 and 5 of every
-decade in plain numbers. The model plot draws p20-p80 bars and says in its caption what ran (preset,
+decade in plain numbers (more where fewer than 3 would show). The model plot draws p20-p80 bars and says in its caption what ran (preset,
 dtype, threads, random weights, steps timed). The kernels plot groups one bar per implementation
 under each (op, shape, pass), one colour per implementation, with a legend, and writes beside
 vin_kernels' bars its time / full attention's and the FLOP ratio (bold green below 1: faster).
@@ -53,17 +53,19 @@ def _save(fig, path: Path) -> Path | None:
 
 
 def log_y_axis(ax) -> None:
-    """Label a log y axis in plain numbers (400, 0.5, 1000: not 4x10^2) at 1, 2 and 5 of every decade,
-    and at every integer multiple when the axis spans less than a factor of 5."""
+    """Label a log y axis in plain numbers (400, 0.5, 1000: not 4x10^2) at 1, 2 and 5 of every decade;
+    where fewer than 3 of those fall in view, at 1, 2, 3, 5 and 7, and then at every integer multiple."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
     low, high = ax.get_ylim()
-    narrow = high / low < 5
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
+    for subs in ((1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0), tuple(float(i) for i in range(1, 10))):
+        major = LogLocator(base=10, subs=subs, numticks=99)
+        if sum(low <= t <= high for t in major.tick_values(low, high)) >= 3:
+            break
+    ax.yaxis.set_major_locator(major)
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(float(i) for i in range(1, 10)), numticks=99))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def line_figure(rows: list[dict], y, ylabel: str, title: str, yerr=None, caption: str | None = None):
