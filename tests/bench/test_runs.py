@@ -119,6 +119,16 @@ def test_the_report_says_how_each_section_was_measured(tmp_path):
     assert "vin-kernels 0.1.0 (no git commit)" in report.provenance(tmp_path / "r.json", result, "flops", tmp_path)
 
 
+def test_the_report_names_a_section_it_cannot_render_instead_of_crashing(tmp_path, monkeypatch, capsys):
+    """A result written by older code whose layout a suite's tables no longer read (seen: quality, static)."""
+    picky = types.SimpleNamespace(markdown=lambda body: body["new_field"])
+    monkeypatch.setattr(cli, "SUITES", {"flops": picky})
+    (tmp_path / "old.json").write_text(json.dumps(_result(["flops"], "2030-01-02T00:00:00+00:00")))
+    text = report.render(report.newest_results(tmp_path), tmp_path)
+    assert "*Not shown: this run's flops result has a layout the current tables cannot read (KeyError: 'new_field')" in text
+    assert "python -m bench --suite flops" in text and "old.json: the flops section cannot be rendered" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ where results go
 def test_results_go_to_the_checkout_or_a_user_folder_never_the_current_one(tmp_path, monkeypatch):
     """Issue 19.6: outside a checkout the results went to ./bench/results of whatever folder."""
