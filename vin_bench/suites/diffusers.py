@@ -17,17 +17,18 @@ native length (81, 161, 321 video frames = 21, 41, 81 latent frames), three ways
   in one batched forward, blended by ``overlap_fuse`` (at 1x the video fits one window and passes
   through: the stock model, not measured again).
 
-Per row: the median of 3 steps after a warm-up (wall clock; the load average at the row's start is
-recorded), the peak resident memory above the pre-step level (:class:`vin_bench.suites.model.RssSampler`,
-in a pass after all timings), FLOPs per step counted analytically (:func:`wan_step_flops`, every
-matrix product as ``2*M*K*N`` and the attention products with :mod:`vin_kernels.flops`) and
-cross-checked against ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (SDPA forced to
-its math path, whose matrix products it counts), and the self-attention share of the step: of its
-FLOPs, and of its time (the self-attention op alone on tensors of the step's shapes, the median of 5
-runs, times the blocks). The FLOP model also gives every mode at the real model's size (30 blocks,
-480x832: 1560 tokens per latent frame), where stock attention at 4x (126k tokens) would take hours on
-this CPU (2.9 PFLOP of self-attention per step). ``--quick``: 1 block at 4x8 latent
-pixels, 1x and 2x, one timed step (a smoke run, not a measurement).
+Per row: the median of 5 steps (3 at 4x) after a warm-up, wall clock, the modes of a length taking
+turns step by step (a burst of load on a shared machine hits all of them; the load average at each
+length's start is recorded); the peak resident memory above the pre-step level
+(:class:`vin_bench.suites.model.RssSampler`, in a pass after all timings); FLOPs per step counted
+analytically (:func:`wan_step_flops`: every matrix product as ``2*M*K*N``, the attention products
+with :mod:`vin_kernels.flops`) and cross-checked against ``torch.utils.flop_counter.FlopCounterMode``
+on the meta device (SDPA forced to its math path, whose matrix products it counts); and the
+self-attention share of the step: of its FLOPs, and of its time (the self-attention op alone on
+tensors of the step's shapes, the median of 5 runs, times the blocks). The FLOP model also gives
+every mode at the real model's size (30 blocks, 480x832: 1560 tokens per latent frame), where stock
+attention at 4x (126k tokens) would take hours on this CPU (2.9 PFLOP of self-attention per step).
+``--quick``: 1 block at 4x8 latent pixels, 1x and 2x, one timed step (a smoke run, not a measurement).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ MULTIPLES = (1, 2, 4)
 MODES = ("stock", "chunked", "long_video")
 DEFAULT_LAYERS, DEFAULT_LATENT_SIZE = 2, (16, 28)
 QUICK_LAYERS, QUICK_LATENT_SIZE = 1, (4, 8)
-WARMUP, TIMED = 1, 3
+WARMUP, TIMED_SHORT, TIMED = 1, 5, 3  # warm-up and timed steps per mode (5 up to 2x, 3 at 4x)
 ATTENTION_TIMED = 5  # the self-attention op alone: cheaper than a step, so more runs against the machine's noise
 
 
@@ -234,55 +235,67 @@ def _items(multiples) -> list[tuple[int, str]]:
     return [(m, mode) for m in multiples for mode in MODES if not (mode == "long_video" and m == 1)]
 
 
+def timed_steps(multiple: int) -> int:
+    """Timed steps per mode at ``multiple`` x the native length: 5 up to 2x (steps of a few seconds), 3 at 4x."""
+    return TIMED_SHORT if multiple <= 2 else TIMED
+
+
 def run(ctx: Context) -> dict:
     quick = ctx.quick
     options = ctx.options
     layers = QUICK_LAYERS if quick else getattr(options, "wan_layers", DEFAULT_LAYERS)
     latent_size = QUICK_LATENT_SIZE if quick else tuple(getattr(options, "wan_latent_size", DEFAULT_LATENT_SIZE))
     multiples = MULTIPLES[:2] if quick else MULTIPLES
-    warmup, timed = (0, 1) if quick else (WARMUP, TIMED)
+    warmup = 0 if quick else WARMUP
+    timed = {m: 1 if quick else timed_steps(m) for m in multiples}
     tokens_per_frame = (latent_size[0] // 2) * (latent_size[1] // 2)
     load_before = list(os.getloadavg())
     model, model_meta = _build(layers), _build(layers, "meta")
     items = _items(multiples)
     rows = []
-    steps_per_item = warmup + timed + 1  # + the memory pass
-    with torch.no_grad(), _bar(ctx, len(items) * steps_per_item, "diffusers (Wan steps)") as bar:
+    total = sum(warmup + timed[m] + 1 for m, _ in items)  # + the memory pass
+    with torch.no_grad(), _bar(ctx, total, "diffusers (Wan steps)") as bar:
 
-        def counted(step):
-            def run_step():
-                out = step()
-                bar.update()
-                return out
+        def step(inputs):
+            out = model(**inputs)
+            bar.update()
+            return out
 
-            return run_step
-
-        for multiple, mode in items:
+        for multiple in multiples:
             video = video_frames(multiple)
             frames = latent_frames_of(video)
             inputs = _inputs(frames, latent_size)
-            flops = wan_step_flops(layers, frames, tokens_per_frame, mode)
-            row = {
-                "mode": mode, "multiple": multiple, "video_frames": video, "latent_frames": frames,
-                "load_average": list(os.getloadavg()),
-                "tokens": frames * tokens_per_frame, "flops": sum(flops.values()), "flop_components": flops,
-                "counted_flops": counted_flops(model_meta, frames, latent_size, mode),
-            }  # fmt: skip
-            with installed(model, mode):
-                times = measure(counted(lambda: model(**inputs)), ctx.device, warmup=warmup, iters=timed)
-            row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
-            attention = measure(
-                _self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup,
-                iters=timed if quick else ATTENTION_TIMED,
-            )  # fmt: skip
-            row["self_attention_op_times_ms"] = attention
-            row["self_attention_ms"] = summary(attention)["median_ms"] * layers
-            rows.append(row)
+            modes = [mode for m, mode in items if m == multiple]
+            here = {}
+            for mode in modes:
+                flops = wan_step_flops(layers, frames, tokens_per_frame, mode)
+                here[mode] = {
+                    "mode": mode, "multiple": multiple, "video_frames": video, "latent_frames": frames,
+                    "load_average": list(os.getloadavg()), "tokens": frames * tokens_per_frame,
+                    "flops": sum(flops.values()), "flop_components": flops,
+                    "counted_flops": counted_flops(model_meta, frames, latent_size, mode), "step_times_ms": [],
+                }  # fmt: skip
+            # The modes take turns, step by step: a burst of load on the shared machine hits all of them.
+            for turn in range(warmup + timed[multiple]):
+                for mode in modes:
+                    with installed(model, mode):
+                        (ms,) = measure(lambda: step(inputs), ctx.device, warmup=0, iters=1)
+                    if turn >= warmup:
+                        here[mode]["step_times_ms"].append(ms)
+            for mode, row in here.items():
+                row |= {f"step_{k}": v for k, v in summary(row["step_times_ms"]).items()}
+                attention = measure(
+                    _self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup,
+                    iters=1 if quick else ATTENTION_TIMED,
+                )  # fmt: skip
+                row["self_attention_op_times_ms"] = attention
+                row["self_attention_ms"] = summary(attention)["median_ms"] * layers
+                rows.append(row)
         live_memory = RssSampler.track_live_memory()  # after the timings: it slows steps down (model suite)
         for row in rows:
             inputs = _inputs(row["latent_frames"], latent_size)
             with installed(model, row["mode"]), RssSampler() as sampler:
-                out = counted(lambda: model(**inputs))()[0]
+                out = step(inputs)[0]
             row["output_finite"] = bool(torch.isfinite(out).all())
             del out
             row["peak_rss_growth_bytes"] = sampler.peak
@@ -292,9 +305,9 @@ def run(ctx: Context) -> dict:
         "model": "WanTransformer3DModel", "config": {**WAN_2_1_1_3B, "num_layers": layers}, "layers": layers,
         "text_len": TEXT_LEN, "latent_size": list(latent_size), "tokens_per_frame": tokens_per_frame,
         "window": WINDOW, "overlap": OVERLAP, "chunk": CHUNK, "context": CONTEXT, "dtype": "float32",
-        "threads": torch.get_num_threads(), "warmup": warmup, "timed": timed, "rss_tracks_live_memory": live_memory,
-        "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
-        "rows": rows, "native": native_flop_model(),
+        "threads": torch.get_num_threads(), "warmup": warmup, "timed": {str(m): n for m, n in timed.items()},
+        "rss_tracks_live_memory": live_memory, "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()), "rows": rows, "native": native_flop_model(),
     }  # fmt: skip
 
 
@@ -339,11 +352,12 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     layers, (lh, lw) = result["layers"], result["latent_size"]
     T = result["tokens_per_frame"]
+    timed = ", ".join(f"{n} at {m}x" for m, n in result["timed"].items())
     lines = [
         f"One forward of a `WanTransformer3DModel` with Wan 2.1 1.3B's shape (hidden 1536, 12 heads x 128, FFN 8960, "
         f"{result['text_len']} text tokens) and {layers} of its {WAN_LAYERS} blocks, random {result['dtype']} weights, "
         f"batch 1, no CFG, at {lh}x{lw} latent pixels ({T} tokens per latent frame), {result['threads']} threads: "
-        f"median of {result['timed']} steps after {result['warmup']} warm-up. *chunked*: `chunked_attention(chunk="
+        f"median of {timed} timed steps after {result['warmup']} warm-up, the modes of a length taking turns step by step. *chunked*: `chunked_attention(chunk="
         f"{result['chunk']}, context={result['context']})`; *long_video*: `LongVideo(window={result['window']}, "
         f"overlap={result['overlap']})` (at 1x it passes the video through). Ratios are to *stock* at the same length; "
         "*time / FLOP ratio* <= 1.1 means the step runs at its FLOP ratio. FLOPs: analytic, "
@@ -389,9 +403,14 @@ def memory_verdict(result: dict) -> str:
         if len(own) < 2:
             continue
         per = [r["rss_growth_per_latent_frame"] / 2**20 for r in own]
+        added = [
+            (b["peak_rss_growth_bytes"] - a["peak_rss_growth_bytes"]) / 2**20 / (b["latent_frames"] - a["latent_frames"])
+            for a, b in zip(own, own[1:])
+        ]  # fmt: skip
         parts.append(
-            f"*{mode}* {per[0]:.1f} MiB per latent frame at {own[0]['latent_frames']} latent frames, {per[-1]:.1f} at "
-            f"{own[-1]['latent_frames']} (max/min {max(per) / min(per):.2f})"
+            f"*{mode}* {' / '.join(f'{v:.1f}' for v in per)} MiB per latent frame at "
+            f"{' / '.join(str(r['latent_frames']) for r in own)} latent frames (max/min {max(per) / min(per):.2f}), "
+            f"{' / '.join(f'{v:.1f}' for v in added)} MiB per added latent frame"
         )
     if not parts:
         return ""
