@@ -9,8 +9,8 @@ The contract is docs/design.md, Edge cases; every backend (reference, sdpa, Trit
 * A row with a NaN or ``+inf`` logit (a NaN query, ``q.k`` overflowing to ``inf - inf``, a NaN
   among ``-inf`` logits) is NaN in ``o`` and ``lse`` and in exactly the gradients the reference has
   NaN, on windows shorter and longer than the CPU flash kernel's vector lanes; a split of the keys
-  (global_attention's split-key merge) cannot drop it. ``merge_attention`` propagates NaN as the
-  reference does.
+  (global_attention's split-key merge) cannot drop it. ``merge_attention`` and ``overlap_fuse``
+  propagate NaN as the reference does. (Empty inputs: tests/kernels/test_validation.py.)
 * Huge logits: the backward stays finite, exact for saturated rows (fp16 inputs near 6e4), and
   within the documented bound below them.
 
@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import vin_kernels as vk
+from vin_kernels import ChunkLayout
 from vin_kernels import reference as ref
 from vin_kernels.testing import assert_close, tolerance
 from vin_kernels.triton import global_attention as global_kernels
@@ -336,6 +337,27 @@ def test_merge_propagates_nan_as_the_reference(backend):
         if name.startswith("dlse"):
             got, want = got.unsqueeze(-1), want.unsqueeze(-1)
         assert_same_nan_rows(f"{backend} {name}", got, want)
+
+
+@pytest.mark.parametrize("out_windows", [False, True], ids=["frames", "windows"])
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "triton"])
+def test_overlap_fuse_propagates_nan_as_the_reference(backend, out_windows):
+    """A NaN in one window's prediction and one in the sample: NaN in exactly the frames (and window
+    copies) the reference has; the blend is linear, so the gradients stay finite and equal."""
+    layout = ChunkLayout.windows(30, 20, 12)
+    gen = torch.Generator().manual_seed(21)
+    eps = torch.randn(2, layout.num_chunks, layout.chunk_len, 3, generator=gen)
+    x, g = torch.randn(2, 30, 3, generator=gen), torch.randn(2, 30, 3, generator=gen)
+    eps[0, 1, 2, 1] = float("nan")  # window 1, position 2: a frame two windows cover
+    x[1, 7, 0] = float("nan")
+    results = {}
+    for name in ("reference", backend):
+        leaves = _leaves(eps, x)
+        out = vk.overlap_fuse(*leaves[:1], layout, x=leaves[1], coeffs=(0.9, -0.3), out_windows=out_windows, backend=name)
+        weight = layout.cut_windows(g) if out_windows else g
+        results[name] = (out, *torch.autograd.grad((torch.nan_to_num(out) * weight.to(DEVICE)).sum(), leaves))
+    for name, got, want in zip(["out", "d eps", "d x"], results[backend], results["reference"]):
+        assert_same_nan_rows(f"{backend} {name}", got, want, mixed=name == "out")
 
 
 # ------------------------------------------------------------------------------------ issue 13.14
