@@ -66,7 +66,21 @@ def test_every_kernel_has_an_option_that_fits_99kb_at_every_head_dim(fake_gpu, e
             assert fitting, f"{tuning.kernel}: nothing fits 99 KB at D={head_dim}"
             estimates = dict(tuning.estimates(arch, element_size, head_dim))
             assert all(estimates[o] <= NINETY_NINE_KB for o in fitting)
-            assert all(estimates[o] > NINETY_NINE_KB for o in tuning.options[element_size] if o not in fitting)
+            avoided = {o for o, core, dims in tuning.avoid if core == "mma.sync" and head_dim in dims}
+            assert all(estimates[o] > NINETY_NINE_KB or o in avoided
+                       for o in tuning.options[element_size] if o not in fitting)
+
+
+def test_an_option_measured_to_spill_is_not_picked_where_it_spills(fake_gpu):
+    """chunk fwd's 128x64/8/3 fits a 99 KB sm_86 at D = 32 but spilled there (static report): the
+    pruning skips it at D = 32 only; on an H100 (wgmma) it stays the first choice."""
+    tuning = tiles.TUNINGS["chunk fwd"]
+    first = tuning.options[2][0]
+    assert (first, "mma.sync", (32,)) in tuning.avoid
+    assert first not in tuning.fitting(tiles.device_arch(GPU), 2, 32)
+    assert tuning.fitting(ARCHS["sm_90"], 2, 32)[0] == first
+    fake_gpu(ARCHS["sm_80"].shared_per_block)  # an sm_86 with an A100's shared memory: 128x64/8/3 fits at D = 64
+    assert tuning.fitting(tiles.device_arch(GPU), 2, 64)[0] == first
 
 
 def test_autotune_off_takes_the_first_option_that_fits(fake_gpu, monkeypatch):

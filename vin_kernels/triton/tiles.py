@@ -4,18 +4,20 @@ Every autotuned kernel lists its options ``{element bytes: [(BLOCK_M, BLOCK_N, n
 ...]}`` in order of preference, with a model of the shared memory each option needs
 (:class:`Tuning`). Before Triton autotunes a launch, the pruner keeps the options listed for the
 element size of the kernel's first tensor whose estimated shared memory fits the device's opt-in
-maximum per block (``torch.cuda.get_device_properties(d).shared_memory_per_block_optin`` on a GPU,
-the table :data:`ARCHS` for a static target) and whose warps fit a block; ``VIN_KERNELS_AUTOTUNE=0``
-keeps the first of them. Registers need no pruning: Triton tells ptxas the block size, and ptxas
-caps the registers per thread so that a block fits the register file (what it cannot keep there
-spills, which ``python -m bench --suite static`` reports). When no option fits, the launch raises
-:class:`TileFitError` naming the device, dtype and head dim instead of Triton's OutOfResources, and
-:func:`unfit_reason` lets dispatch refuse the Triton backend before anything runs (``auto`` then
-takes ``sdpa``).
+maximum per block (``torch.cuda.get_device_properties(d).shared_memory_per_block_optin``; the table
+:data:`ARCHS` for the static report's targets) and whose warps fit a block, less the few that fit
+but were measured to spill on that kind of arch at that head dim (:attr:`Tuning.avoid`);
+``VIN_KERNELS_AUTOTUNE=0`` keeps the first of them. Registers need no pruning: Triton tells ptxas
+the block size, and ptxas caps the registers per thread so that a block fits the register file
+(what it cannot keep there spills, which ``python -m bench --suite static`` reports). When no
+option fits, the launch raises :class:`TileFitError` naming the device, dtype and head dim instead
+of Triton's OutOfResources, and :func:`unfit_reason` lets dispatch refuse the Triton backend before
+anything runs (``auto`` then takes ``sdpa``).
 
-The shared-memory models are upper bounds of what Triton allocates (checked against the compiled
-``metadata.shared`` of every option on every arch of :data:`ARCHS`, Triton 3.4-3.9, by
-``python -m bench --suite static`` and ``tests/build/test_triton_compile.py``).
+The shared-memory models are upper bounds of what Triton allocates, checked against the compiled
+``metadata.shared`` of every listed option on every arch of :data:`ARCHS` (Triton 3.6 and 3.9,
+``python -m bench --suite static --full-matrix``; the picks on 3.4, 3.5, 3.7, 3.8 with ``--full``)
+and in CI by ``tests/build/test_triton_compile.py``.
 """
 
 from __future__ import annotations
@@ -83,12 +85,16 @@ class Tuning:
         shared: ``shared(option, d1, d2, element_bytes, arch) -> bytes``: an upper bound of the
             dynamic shared memory Triton allocates for the option at head-dim tiles ``d1 + d2``
             (``d2 = 0`` without a tail tile) on ``arch``.
+        avoid: ``((option, tensor-core instruction, head dims), ...)``: where an option fits but was
+            measured to spill (the static report): it is not picked on archs with that instruction
+            at those head dims.
     """
 
     kernel: str
     op: str
     options: dict[int, tuple[Option, ...]]
     shared: Callable[[Option, int, int, int, Arch], int]
+    avoid: tuple[tuple[Option, str, tuple[int, ...]], ...] = ()
 
     def estimates(self, arch: Arch, element_size: int, head_dim: int) -> list[tuple[Option, int]]:
         """``(option, estimated shared bytes on arch)`` of every option listed for the element size."""
@@ -96,11 +102,12 @@ class Tuning:
         return [(o, self.shared(o, d1, d2, element_size, arch)) for o in self.options.get(element_size, ())]
 
     def fitting(self, arch: Arch | None, element_size: int, head_dim: int) -> list[Option]:
-        """The listed options that fit ``arch`` (all of them without an arch), in order."""
+        """The listed options that fit ``arch`` and are not avoided there (all of them without an arch), in order."""
         if arch is None:
             return list(self.options.get(element_size, ()))
+        avoided = {o for o, core, dims in self.avoid if core == arch.tensor_core and head_dim in dims}
         return [o for o, need in self.estimates(arch, element_size, head_dim)
-                if need <= arch.shared_per_block and o[2] * 32 <= arch.threads_per_block]
+                if need <= arch.shared_per_block and o[2] * 32 <= arch.threads_per_block and o not in avoided]
 
     def problem(self, arch: Arch | None, element_size: int, head_dim: int) -> str | None:
         """Why no option fits (None if one does)."""
@@ -159,13 +166,14 @@ shared_dkdv = _attention_shared("M", 2, 4)  # k, v resident; Q, dO, LSE, delta s
 TUNINGS: dict[str, Tuning] = {}  # by kernel name, filled as the kernel modules are imported
 
 
-def autotune(kernel: str, op: str, options: dict[int, list[Option]], shared, key: list[str]):
-    """``@triton.autotune`` over ``options`` pruned to the device (see the module docstring).
+def autotune(kernel: str, op: str, options: dict[int, list[Option]], shared, key: list[str], avoid=()):
+    """``@triton.autotune`` over ``options`` pruned to the device (see the module docstring and
+    :class:`Tuning` for ``shared`` and ``avoid``).
 
     The kernel must take ``HEAD_DIM`` as a keyword argument. In the interpreter one small tile
     stands for all options.
     """
-    tuning = Tuning(kernel, op, {size: tuple(tiles) for size, tiles in options.items()}, shared)
+    tuning = Tuning(kernel, op, {size: tuple(tiles) for size, tiles in options.items()}, shared, tuple(avoid))
     TUNINGS[kernel] = tuning
     listed = {size: [(16, 16, 1, 1)] for size in options} if INTERPRETED else tuning.options
     configs = {o: triton.Config({"BLOCK_M": o[0], "BLOCK_N": o[1]}, num_warps=o[2], num_stages=o[3])
