@@ -58,12 +58,6 @@ _BWD_DQ_OPTIONS = {2: [(128, 64, 8, 2), (64, 64, 4, 2)], 4: [(32, 32, 8, 2)]}
 # stream by.
 _BWD_DKDV_OPTIONS = {2: [(32, 64, 4, 2), (16, 64, 4, 3)], 4: [(16, 64, 8, 2)]}
 _BWD_DGLOBAL_OPTIONS = _BWD_DKDV_OPTIONS
-# Where an option fits but spills (bf16, python -m bench --suite static --full-matrix): not picked there.
-# Forward and dq at D = 32: 128x64 on 8 warps 8 B with mma.sync (Triton 3.9 sm_86/89), 64x64/4/2
-# 16-32 B with tcgen05 (3.6/3.9 sm_100); dglobal 32x64/4/2 8 B at D = 80 with tcgen05 (3.6 sm_100).
-_FWD_AVOID = (((128, 64, 8, 3), "mma.sync", (32,)), ((64, 64, 4, 2), "tcgen05", (32,)))
-_BWD_DQ_AVOID = (((128, 64, 8, 2), "mma.sync", (32,)),)
-_BWD_DGLOBAL_AVOID = (((32, 64, 4, 2), "tcgen05", (80,)),)
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "TUNE_BUCKET"]
 
 
@@ -107,7 +101,7 @@ def _key_block(pid_n, N, chunk_size, reach, BLOCK_N: tl.constexpr):
     return j0, j1, c, c_last
 
 
-@autotune("chunk fwd", "chunk_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY, _FWD_AVOID)
+@autotune("chunk fwd", "chunk_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     Q, K, V, GK, GV, O, LSE,
@@ -162,7 +156,7 @@ def _fwd_kernel(
     tl.store(LSE + (b * H + h) * N + rows, lse, mask=row_mask)
 
 
-@autotune("chunk bwd dq", "chunk_attention", _BWD_DQ_OPTIONS, shared_dq, _AUTOTUNE_KEY, _BWD_DQ_AVOID)
+@autotune("chunk bwd dq", "chunk_attention", _BWD_DQ_OPTIONS, shared_dq, _AUTOTUNE_KEY)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, GK, GV, DO, LSE, DELTA, DQ,
@@ -268,8 +262,7 @@ def _bwd_dkdv_kernel(
     store_split(DV, dv_off, col_mask, dv1, dv2, HEAD_DIM, BLOCK_D1, BLOCK_D2, HAS_D2)
 
 
-@autotune("chunk bwd dglobal", "chunk_attention", _BWD_DGLOBAL_OPTIONS, shared_dkdv, _AUTOTUNE_KEY + ["SPLITS"],
-          _BWD_DGLOBAL_AVOID)
+@autotune("chunk bwd dglobal", "chunk_attention", _BWD_DGLOBAL_OPTIONS, shared_dkdv, _AUTOTUNE_KEY + ["SPLITS"])
 @triton.jit
 def _bwd_dglobal_kernel(
     Q, GK, GV, DO, LSE, DELTA, DGK, DGV,

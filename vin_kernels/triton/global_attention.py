@@ -46,10 +46,6 @@ from .tiles import autotune, shared_dkdv, shared_dq, shared_fwd
 _FWD_OPTIONS = {2: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2)], 4: [(64, 32, 8, 2)]}
 _BWD_DQ_OPTIONS = {2: [(64, 64, 4, 3), (64, 32, 4, 3)], 4: [(32, 32, 8, 2)]}
 _BWD_DKDV_OPTIONS = {2: [(32, 64, 8, 2)], 4: [(16, 64, 8, 2)]}
-# Where an option fits but spills at D = 32 (bf16, --full-matrix): 64x64/4/2 16 B with mma.sync (Triton
-# 3.6 sm_86/89); 64x64 on 4 warps 8-40 B with tcgen05 (3.6/3.9 sm_100). Not picked there.
-_FWD_AVOID = (((64, 64, 4, 2), "mma.sync", (32,)), ((64, 64, 4, 2), "tcgen05", (32,)),
-              ((64, 64, 4, 3), "tcgen05", (32,)))
 _AUTOTUNE_KEY = ["HEAD_DIM", "PRECISION", "SPLITS", "TUNE_BUCKET"]
 
 
@@ -67,7 +63,7 @@ def _split_range(num_keys, SPLITS, BLOCK_N: tl.constexpr):
     return start, tl.minimum(start + per_split, num_keys)
 
 
-@autotune("global fwd", "global_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY, _FWD_AVOID)
+@autotune("global fwd", "global_attention", _FWD_OPTIONS, shared_fwd, _AUTOTUNE_KEY)
 @triton.jit
 def _fwd_kernel(
     GQ, K, V, O, LSE,
