@@ -25,9 +25,10 @@ analytically (:func:`wan_step_flops`: every matrix product as ``2*M*K*N``, the a
 with :mod:`vin_kernels.flops`) and cross-checked against ``torch.utils.flop_counter.FlopCounterMode``
 on the meta device (SDPA forced to its math path, whose matrix products it counts); and the
 self-attention share of the step: of its FLOPs, and of its time (the self-attention op alone on
-tensors of the step's shapes, the median of 5 runs, times the blocks). The FLOP model also gives
-every mode at the real model's size (30 blocks, 480x832: 1560 tokens per latent frame), where stock
-attention at 4x (126k tokens) would take hours on this CPU (2.9 PFLOP of self-attention per step).
+tensors of the step's shapes right after each timed step, times the blocks, over that step's time;
+the median over the steps). The FLOP model also gives every mode at the real model's size (30
+blocks, 480x832: 1560 tokens per latent frame), where stock attention at 4x (126k tokens) would take
+hours on this CPU (2.9 PFLOP of self-attention per step).
 ``--quick``: 1 block at 4x8 latent pixels, 1x and 2x, one timed step (a smoke run, not a measurement).
 """
 
@@ -37,6 +38,7 @@ import argparse
 import contextlib
 import math
 import os
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +71,6 @@ MODES = ("stock", "chunked", "long_video")
 DEFAULT_LAYERS, DEFAULT_LATENT_SIZE = 2, (16, 28)
 QUICK_LAYERS, QUICK_LATENT_SIZE = 1, (4, 8)
 WARMUP, TIMED_SHORT, TIMED = 1, 5, 3  # warm-up and timed steps per mode (5 up to 2x, 3 at 4x)
-ATTENTION_TIMED = 5  # the self-attention op alone: cheaper than a step, so more runs against the machine's noise
 
 
 def add_arguments(group) -> None:
@@ -275,21 +276,23 @@ def run(ctx: Context) -> dict:
                     "flops": sum(flops.values()), "flop_components": flops,
                     "counted_flops": counted_flops(model_meta, frames, latent_size, mode), "step_times_ms": [],
                 }  # fmt: skip
-            # The modes take turns, step by step: a burst of load on the shared machine hits all of them.
+            attention = {mode: _self_attention_call(mode, frames, tokens_per_frame) for mode in modes}
+            # The modes take turns, step by step, each step followed by its self-attention op alone: a
+            # burst of load on the shared machine hits a turn, which the medians then leave out.
             for turn in range(warmup + timed[multiple]):
                 for mode in modes:
                     with installed(model, mode):
                         (ms,) = measure(lambda: step(inputs), ctx.device, warmup=0, iters=1)
+                    (op_ms,) = measure(attention[mode], ctx.device, warmup=0, iters=1)
                     if turn >= warmup:
                         here[mode]["step_times_ms"].append(ms)
-            for mode, row in here.items():
+                        here[mode].setdefault("self_attention_op_times_ms", []).append(op_ms)
+            del attention
+            for row in here.values():
                 row |= {f"step_{k}": v for k, v in summary(row["step_times_ms"]).items()}
-                attention = measure(
-                    _self_attention_call(mode, frames, tokens_per_frame), ctx.device, warmup=warmup,
-                    iters=1 if quick else ATTENTION_TIMED,
-                )  # fmt: skip
-                row["self_attention_op_times_ms"] = attention
-                row["self_attention_ms"] = summary(attention)["median_ms"] * layers
+                row["self_attention_ms"] = summary(row["self_attention_op_times_ms"])["median_ms"] * layers
+                shares = [layers * op / step for op, step in zip(row["self_attention_op_times_ms"], row["step_times_ms"])]
+                row["self_attention_time_share"] = statistics.median(shares)
                 rows.append(row)
         live_memory = RssSampler.track_live_memory()  # after the timings: it slows steps down (model suite)
         for row in rows:
@@ -317,7 +320,6 @@ def _ratios(rows: list[dict]) -> None:
     for r in rows:
         components = r["flop_components"]
         r["self_attention_flop_share"] = components["self_attention"] / r["flops"]
-        r["self_attention_time_share"] = r["self_attention_ms"] / r["step_median_ms"]
         base = stock.get(r["multiple"])
         if r["mode"] != "stock" and base is not None:
             r["time_ratio_to_stock"] = r["step_median_ms"] / base["step_median_ms"]
@@ -362,7 +364,7 @@ def markdown(result: dict) -> str:
         f"overlap={result['overlap']})` (at 1x it passes the video through). Ratios are to *stock* at the same length; "
         "*time / FLOP ratio* <= 1.1 means the step runs at its FLOP ratio. FLOPs: analytic, "
         f"{'equal to' if all(r['flops'] == r['counted_flops'] for r in rows) else 'NOT equal to'} FlopCounterMode's "
-        "count on the meta device. Self-attention share: of the step's FLOPs / of its time (the op timed alone). "
+        "count on the meta device. Self-attention share: of the step's FLOPs / of its time (the op timed alone after each step). "
         f"Load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after "
         "(a shared machine).",
         "",
