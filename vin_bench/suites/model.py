@@ -8,15 +8,15 @@ stepping (nvidia-ml-py), and (``--full``) the latency of one whole 50-step sampl
 
 CPU: the ``cpu`` preset (fp32, random weights) at 256 and 512 video frames (80 and 160 latent
 frames; ``--full``: 64 to 512; or the ``--frames`` lengths, at most :data:`CPU_MAX_VIDEO_FRAMES_GIVEN`):
-the median of 3 steps (``--full``: 5) after a warm-up, the step time per latent frame, and the peak
-resident memory above the pre-step level (sampled every 5 ms from /proc/self/statm). Full attention
+the median of 3 steps (``--full``: 5) after a warm-up, the modes of a length timed in alternation
+(rounds of one step per mode: load from other work hits all alike), the step time per latent frame,
+and the peak resident memory above the pre-step level (sampled every 5 ms from /proc/self/statm). Full attention
 runs on the same ``sdpa`` backend, the fastest CPU path. ``--quick`` on a CPU: the tiny preset at two
 lengths, latency only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import threading
@@ -189,25 +189,16 @@ def _sample_steps(ctx: Context, preset) -> int:
     return 4 if ctx.quick else preset.steps
 
 
-def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool, bar=None) -> dict:
+def _row(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, prepared, times: list[float], sample: bool, bar=None) -> dict:
+    """The row of one mode and length from its step times (ms); a whole sample too when ``sample``."""
     device = ctx.device
     frames = latent_frames(video_frames)
-    step, layout, with_vin, text = _step(preset, model, net_vin, mode, frames, device, bar)
+    step, layout, with_vin, text = prepared
     step_vin = net_vin if with_vin else None
     row = {"mode": mode, "video_frames": video_frames, "latent_frames": frames, "layout": repr(layout)}
     row["flops_per_step"] = vin.flops.step_flops(preset, frames, None if mode == "full" else layout, with_vin=with_vin).total
-    gpu = device.type == "cuda"
-    if gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    warmup, iters = _iterations(ctx)
-    with NvmlSampler(device) if gpu else contextlib.nullcontext() as sampler:
-        times = measure(step, device, warmup=warmup, iters=iters)
     row |= {"step_times_ms": times, **{f"step_{k}": v for k, v in summary(times).items()}}
     row["step_ms_per_latent_frame"] = row["step_median_ms"] / frames
-    if gpu:
-        row["peak_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-        row |= sampler.report()
-        row["step_tflops"] = row["flops_per_step"] / (row["step_median_ms"] * 1e-3) / 1e12
     if sample:
         generator = torch.Generator(device=device).manual_seed(0)
         sync(device)
@@ -220,6 +211,37 @@ def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames:
             bar.update(steps)
         row["sample_steps"] = steps
     return row
+
+
+def _measure_mode(ctx: Context, preset, model, net_vin, mode: str, video_frames: int, sample: bool, bar=None) -> dict:
+    """GPU: one mode at one length (CUDA events, L2 flushed), with peak memory, power and clock."""
+    device = ctx.device
+    prepared = _step(preset, model, net_vin, mode, latent_frames(video_frames), device, bar)
+    torch.cuda.reset_peak_memory_stats(device)
+    warmup, iters = _iterations(ctx)
+    with NvmlSampler(device) as sampler:
+        times = measure(prepared[0], device, warmup=warmup, iters=iters)
+    row = _row(ctx, preset, model, net_vin, mode, video_frames, prepared, times, sample, bar)
+    row["peak_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    row |= sampler.report()
+    row["step_tflops"] = row["flops_per_step"] / (row["step_median_ms"] * 1e-3) / 1e12
+    return row
+
+
+def _measure_length(ctx: Context, preset, model, net_vin, video_frames: int, sample: bool, bar=None) -> list[dict]:
+    """CPU: every mode at one length, timed in alternation (each mode's warm-up, then rounds of one
+    step per mode), so that other work on a shared machine slows all modes of a round alike and the
+    ratios to full attention stay comparable."""
+    frames = latent_frames(video_frames)
+    prepared = {mode: _step(preset, model, net_vin, mode, frames, ctx.device, bar) for mode in MODES}
+    warmup, iters = _iterations(ctx)
+    for mode in MODES:
+        measure(prepared[mode][0], ctx.device, warmup=warmup, iters=0)
+    times = {mode: [] for mode in MODES}
+    for _ in range(iters):
+        for mode in MODES:
+            times[mode] += measure(prepared[mode][0], ctx.device, warmup=0, iters=1)
+    return [_row(ctx, preset, model, net_vin, mode, video_frames, prepared[mode], times[mode], sample, bar) for mode in MODES]
 
 
 def _frame_lengths(ctx: Context, gpu: bool) -> tuple[int, ...]:
@@ -258,15 +280,18 @@ def run(ctx: Context) -> dict:
     # One count per denoising step: warm-up and timed steps, whole samples, and (CPU) the memory pass.
     total = len(items) * (warmup + iters + (0 if gpu else 1)) + sum(_sample_steps(ctx, preset) for f, _ in items if samples[f])
     with ctx.progress.bar(total, desc=f"model: {name} preset, denoising steps") as bar:
-        for video_frames, mode in items:
-            if mode in stopped:
+        for video_frames in dict.fromkeys(f for f, _ in items):
+            if not gpu:
+                rows += _measure_length(ctx, preset, model, net_vin, video_frames, samples[video_frames], bar)
                 continue
-            try:
-                rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, samples[video_frames], bar))
-            except torch.cuda.OutOfMemoryError:
-                rows.append({"mode": mode, "video_frames": video_frames, "error": "out of memory"})
-                stopped.add(mode)
-            if gpu:
+            for mode in MODES:
+                if mode in stopped:
+                    continue
+                try:
+                    rows.append(_measure_mode(ctx, preset, model, net_vin, mode, video_frames, samples[video_frames], bar))
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"mode": mode, "video_frames": video_frames, "error": "out of memory"})
+                    stopped.add(mode)
                 torch.cuda.empty_cache()
         _flop_ratios(rows)
         live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows, bar)
@@ -347,7 +372,8 @@ def _cpu_markdown(result: dict) -> str:
     runs = max((len(r["step_times_ms"]) for r in result["rows"] if "step_times_ms" in r), default=0)
     lines = [
         f"One DDIM step of the {result['preset']} preset on a CPU ({result['dtype']}, random weights, batch 1, "
-        f"{result['threads']} threads): median wall-clock ms of {runs} steps after a warm-up (p20-p80 in brackets), "
+        f"{result['threads']} threads): median wall-clock ms of {runs} steps after a warm-up, the modes of a length "
+        "alternated step by step (p20-p80 in brackets), "
         "the same per latent frame, and the peak resident memory above the pre-step level (allocations of 1 MiB "
         "and more mmapped, so freed memory leaves the resident set). *time / full* and "
         "*FLOPs / full* compare with full attention at the same length (full attention: the same DiT with one "
