@@ -81,3 +81,10 @@ def test_suite_flags_fail_with_one_error_line_before_any_work(argv, message, mon
     last = err.strip().splitlines()[-1]  # (the harness's parser prints only this line; plain argparse the usage too)
     assert exit_info.value.code == 2 and last.startswith("vin-bench: error: ") and "Traceback" not in err
     assert message in last, err
+
+
+def test_a_step_s_memory_is_measured_in_a_fresh_process():
+    """The path of a real run (``--quick`` measures in-process): one spawned process per row."""
+    with suite._memory_runner() as memory:
+        measured = memory(1, (2, 4), 5, "chunked", 1)
+    assert measured["peak"] > 0 and measured["finite"] and measured["live_memory"]

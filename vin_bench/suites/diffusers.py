@@ -18,9 +18,10 @@ native length (81, 161, 321 video frames = 21, 41, 81 latent frames), three ways
   through: the stock model, not measured again).
 
 Per row: the median of 5 steps (3 at 4x) after a warm-up, wall clock, the modes of a length taking
-turns step by step (a burst of load on a shared machine hits all of them; the load average at each
-length's start is recorded); the peak resident memory above the pre-step level
-(:class:`vin_bench.suites.model.RssSampler`, in a pass after all timings); FLOPs per step counted
+turns step by step (a burst of load on a shared machine hits all of them; time ratios are the median
+of the turns' ratios; the load average at each length's start is recorded); the peak resident memory
+above the pre-step level (:class:`vin_bench.suites.model.RssSampler`) of a step in a fresh process
+per row (:func:`memory_of_a_step`); FLOPs per step counted
 analytically (:func:`wan_step_flops`: every matrix product as ``2*M*K*N``, the attention products
 with :mod:`vin_kernels.flops`) and cross-checked against ``torch.utils.flop_counter.FlopCounterMode``
 on the meta device (SDPA forced to its math path, whose matrix products it counts); and the
@@ -51,7 +52,7 @@ from ..timing import measure, summary
 from . import Context
 from .model import RssSampler
 
-OPT_IN = "a Wan 2.1 1.3B-shaped transformer at 1x, 2x and 4x its native length (about 8 minutes on 2 cores)"
+OPT_IN = "a Wan 2.1 1.3B-shaped transformer at 1x, 2x and 4x its native length (about 10 minutes on 2 cores)"
 
 # diffusers' config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers but the block count (num_layers=30 there)
 WAN_2_1_1_3B = dict(
@@ -254,7 +255,7 @@ def run(ctx: Context) -> dict:
     model, model_meta = _build(layers), _build(layers, "meta")
     items = _items(multiples)
     rows = []
-    total = sum(warmup + timed[m] + 1 for m, _ in items)  # + the memory pass
+    total = sum(warmup + timed[m] + 2 for m, _ in items)  # + the memory pass's two steps
     with torch.no_grad(), _bar(ctx, total, "diffusers (Wan steps)") as bar:
 
         def step(inputs):
@@ -294,15 +295,14 @@ def run(ctx: Context) -> dict:
                 shares = [layers * op / step for op, step in zip(row["self_attention_op_times_ms"], row["step_times_ms"])]
                 row["self_attention_time_share"] = statistics.median(shares)
                 rows.append(row)
-        live_memory = RssSampler.track_live_memory()  # after the timings: it slows steps down (model suite)
-        for row in rows:
-            inputs = _inputs(row["latent_frames"], latent_size)
-            with installed(model, row["mode"]), RssSampler() as sampler:
-                out = step(inputs)[0]
-            row["output_finite"] = bool(torch.isfinite(out).all())
-            del out
-            row["peak_rss_growth_bytes"] = sampler.peak
-            row["rss_growth_per_latent_frame"] = sampler.peak / row["latent_frames"]
+        with _memory_runner(model if quick else None) as memory:
+            del model
+            for row in rows:
+                measured = memory(layers, latent_size, row["latent_frames"], row["mode"], torch.get_num_threads())
+                bar.update(2)
+                row["output_finite"], live_memory = measured["finite"], measured["live_memory"]
+                row["peak_rss_growth_bytes"] = measured["peak"]
+                row["rss_growth_per_latent_frame"] = measured["peak"] / row["latent_frames"]
     _ratios(rows)
     return {
         "model": "WanTransformer3DModel", "config": {**WAN_2_1_1_3B, "num_layers": layers}, "layers": layers,
@@ -314,15 +314,53 @@ def run(ctx: Context) -> dict:
     }  # fmt: skip
 
 
+def memory_of_a_step(layers: int, latent_size, frames: int, mode: str, threads: int, model=None) -> dict:
+    """Peak RSS growth of one step of ``mode`` in a process that has done nothing else: allocations of
+    1 MiB and more mmapped from the start (:meth:`RssSampler.track_live_memory`), the model built,
+    one untracked step (lazy initialization), then the step under :class:`RssSampler`.
+
+    Run in a fresh spawned process per row (:func:`_memory_runner`): in one process the growth
+    depended on what ran before the mmap threshold was set (measured: 220 MiB for a 1x stock step
+    after nothing, 297 MiB after two untracked steps, each repeatable to 1%).
+    """
+    torch.set_num_threads(threads)
+    live = RssSampler.track_live_memory()
+    model = _build(layers) if model is None else model
+    inputs = _inputs(frames, latent_size)
+    with torch.no_grad(), installed(model, mode):
+        model(**inputs)
+        with RssSampler() as sampler:
+            out = model(**inputs)[0]
+    return {"peak": sampler.peak, "finite": bool(torch.isfinite(out).all()), "live_memory": live}
+
+
+@contextlib.contextmanager
+def _memory_runner(model=None):
+    """``memory(*args)``: :func:`memory_of_a_step` in a fresh spawned process per call, or (``model``
+    given: ``--quick``, a smoke run) here, on that model."""
+    if model is not None:
+        yield lambda *args: memory_of_a_step(*args, model=model)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        yield lambda *args: pool.submit(memory_of_a_step, *args).result()
+
+
 def _ratios(rows: list[dict]) -> None:
-    """Per row: self-attention shares; chunked and long_video rows: time, FLOPs and memory over stock's."""
+    """Per row: self-attention shares; chunked and long_video rows: time, FLOPs and memory over stock's.
+
+    The modes of a length took turns, so the time ratio is the median over the turns of the mode's
+    step time over stock's in the same turn (a burst of load that slows one turn slows both).
+    """
     stock = {r["multiple"]: r for r in rows if r["mode"] == "stock"}
     for r in rows:
         components = r["flop_components"]
         r["self_attention_flop_share"] = components["self_attention"] / r["flops"]
         base = stock.get(r["multiple"])
         if r["mode"] != "stock" and base is not None:
-            r["time_ratio_to_stock"] = r["step_median_ms"] / base["step_median_ms"]
+            r["time_ratio_to_stock"] = statistics.median(a / b for a, b in zip(r["step_times_ms"], base["step_times_ms"]))
             r["flop_ratio_to_stock"] = r["flops"] / base["flops"]
             r["time_over_flop_ratio"] = r["time_ratio_to_stock"] / r["flop_ratio_to_stock"]
             if "peak_rss_growth_bytes" in r and base.get("peak_rss_growth_bytes"):
@@ -362,7 +400,9 @@ def markdown(result: dict) -> str:
         f"median of {timed} timed steps after {result['warmup']} warm-up, the modes of a length taking turns step by step. *chunked*: `chunked_attention(chunk="
         f"{result['chunk']}, context={result['context']})`; *long_video*: `LongVideo(window={result['window']}, "
         f"overlap={result['overlap']})` (at 1x it passes the video through). Ratios are to *stock* at the same length; "
-        "*time / FLOP ratio* <= 1.1 means the step runs at its FLOP ratio. FLOPs: analytic, "
+        "*time / stock* is the median over the turns of the step's time over stock's in the same turn; "
+        "*time / FLOP ratio* <= 1.1 means the step runs at its FLOP ratio. Peak RSS: the growth during one step, "
+        "in a fresh process per row after one untracked step. FLOPs: analytic, "
         f"{'equal to' if all(r['flops'] == r['counted_flops'] for r in rows) else 'NOT equal to'} FlopCounterMode's "
         "count on the meta device. Self-attention share: of the step's FLOPs / of its time (the op timed alone after each step). "
         f"Load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after "
