@@ -296,3 +296,21 @@ def test_model_plot_has_p20_p80_bars_plain_log_ticks_and_says_what_ran():
     caption = " ".join(t.get_text() for t in fig.texts)
     for words in ("float32", "random weights", "2 threads", "median of 5 steps", "p20-p80", "vin_context: chunks"):
         assert words in caption, caption
+
+
+def test_cpu_kernel_rows_are_timed_in_alternation():
+    """Load from other work on the shared machine hits every implementation of a round alike."""
+    calls = []
+
+    def call(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("no kernel here\nmore")
+
+    specs = [({"impl": "a"}, call("a"), {"flops": 1.0}), ({"impl": "x"}, broken, {}), ({"impl": "b"}, call("b"), {"bytes": 2.0})]
+    ctx = Context(torch.device("cpu"), quick=True, video_frames=(64,))
+    rows = kernels_suite._alternating_rows(ctx, specs, desc="test")
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then 3 rounds of one call each
+    assert [r["impl"] for r in rows] == ["a", "x", "b"]
+    assert rows[1]["error"] == "RuntimeError: no kernel here" and len(rows[0]["times_ms"]) == 3 and "gbps" in rows[2]

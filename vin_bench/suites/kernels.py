@@ -17,7 +17,8 @@ the fastest same-work baseline.
 CPU (fp32, the CPU shapes of issue 8: H=6, D=64, 60 tokens per latent frame, chunks of 20 frames
 with 12 of context, 128 globals): the ``sdpa`` backend (forward and forward+backward) against SDPA
 full attention, FlexAttention compiled with the same mask (forward only: FlexAttention has no CPU
-backward) and, with ``--full``, the pure-PyTorch reference. The default run takes the paper-like
+backward) and, with ``--full``, the pure-PyTorch reference, timed in alternation (one call of each per
+round, so load from other work on a shared machine hits all alike). The default run takes the paper-like
 length, 256 video frames (80 latent frames, N = 4800 tokens, about 15 s on 2 cores); ``--full`` also
 128 and 512 (N = 2400 and 9600); ``--frames`` picks the lengths (at least 128 video frames, at most
 :data:`CPU_MAX_VIDEO_FRAMES_GIVEN`). Median of 5 after a warm-up, thread count recorded. ``--quick`` on
@@ -177,15 +178,56 @@ def materialize_keyframes(k, v, shape: AttentionShape):
 # Row kinds: "vin" (vin_kernels), "full" (SDPA full attention over the whole sequence: what chunking
 # replaces), "baseline" (the same work by other means: FlexAttention, dense SDPA backends on the
 # materialized chunks, the sdpa composite on a GPU), "reference" (vin_kernels.reference, the spec).
+def _iterations(ctx: Context) -> tuple[int, int]:
+    """``(warm-up, timed)`` calls per row."""
+    if ctx.device.type == "cuda":
+        return (3, 10) if ctx.quick else (5, 30)
+    return (1, 3) if ctx.quick else (1, 5)
+
+
+def _error_text(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
 def _timed_row(ctx: Context, op, shape_name, shape_args, pass_, impl, kind, fn, work: dict) -> dict:
     row = {"op": op, "shape": shape_name, "shape_args": shape_args, "pass": pass_, "impl": impl, "kind": kind}
     try:
-        gpu = ctx.device.type == "cuda"
-        warmup, iters = ((3, 10) if ctx.quick else (5, 30)) if gpu else ((1, 3) if ctx.quick else (1, 5))
+        warmup, iters = _iterations(ctx)
         times = measure(fn, ctx.device, warmup=warmup, iters=iters)
     except Exception as err:  # noqa: BLE001 - a baseline that cannot run here is reported, not fatal
-        return row | {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
-    row |= {"times_ms": times, **summary(times), **work}
+        return row | {"error": _error_text(err)}
+    return _rated(ctx, row, times, work)
+
+
+def _alternating_rows(ctx: Context, calls: list[tuple[dict, object, dict]], desc: str) -> list[dict]:
+    """CPU: ``(row, fn, work)`` timed in alternation (every call's warm-up, then rounds of one call
+    each), so that other work on a shared machine slows all of them alike and their ratios stay
+    comparable. Rows in the order given; a call that fails is an error row."""
+    warmup, iters = _iterations(ctx)
+    times: dict[int, list[float]] = {}
+    errors: dict[int, str] = {}
+    with ctx.progress.bar(len(calls) * (warmup + iters), desc=desc) as bar:
+        for i, (_, fn, _) in enumerate(calls):
+            try:
+                measure(fn, ctx.device, warmup=warmup, iters=0)
+                times[i] = []
+            except Exception as err:  # noqa: BLE001 - a baseline that cannot run here is reported, not fatal
+                errors[i] = _error_text(err)
+            bar.update(warmup)
+        for _ in range(iters):
+            for i in list(times):
+                try:
+                    times[i] += measure(calls[i][1], ctx.device, warmup=0, iters=1)
+                except Exception as err:  # noqa: BLE001
+                    errors[i] = _error_text(err)
+                    del times[i]
+                bar.update()
+    return [row | {"error": errors[i]} if i in errors else _rated(ctx, row, times[i], work) for i, (row, _, work) in enumerate(calls)]
+
+
+def _rated(ctx: Context, row: dict, times: list[float], work: dict) -> dict:
+    """``row`` with its times, their median / p20 / p80, the work and the rate (and % of the ceiling)."""
+    row = row | {"times_ms": times, **summary(times), **work}
     seconds = row["median_ms"] * 1e-3
     if "flops" in work:
         row["tflops"] = work["flops"] / seconds / 1e12
@@ -196,10 +238,6 @@ def _timed_row(ctx: Context, op, shape_name, shape_args, pass_, impl, kind, fn, 
         if ctx.ceilings:
             row["pct_of_ceiling"] = 100 * row["gbps"] / ctx.ceilings["copy_gbps"]
     return row
-
-
-def _error_row(op, shape_name, shape_args, pass_, impl, kind, error: str) -> dict:
-    return {"op": op, "shape": shape_name, "shape_args": shape_args, "pass": pass_, "impl": impl, "kind": kind, "error": error}
 
 
 def _backward_timer(forward, inputs):
@@ -239,8 +277,19 @@ def _chunk_args(shape: AttentionShape) -> dict:
     return asdict(shape) | {"tokens": shape.tokens, **shape.sizes}
 
 
-def _full_attention_rows(ctx: Context, shape: AttentionShape, dtype, full_flops: float):
-    """SDPA full attention over the whole sequence (its default backend), heads-first: what chunking replaces."""
+def _no_grad(fn):
+    """``fn`` called under ``torch.no_grad()`` (a forward timed without building a graph)."""
+
+    def call():
+        with torch.no_grad():
+            return fn()
+
+    return call
+
+
+def _full_attention_calls(ctx: Context, shape: AttentionShape, dtype, full_flops: float) -> list[tuple[str, object, dict]]:
+    """``(pass, fn, work)`` of SDPA full attention over the whole sequence (its default backend),
+    heads-first: what chunking replaces."""
     B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
     qh, kh, vh = (torch.randn(B, H, N, D, device=ctx.device, dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(B, H, N, D, device=ctx.device, dtype=dtype)
@@ -248,12 +297,10 @@ def _full_attention_rows(ctx: Context, shape: AttentionShape, dtype, full_flops:
     def forward():
         return F.scaled_dot_product_attention(qh, kh, vh)
 
-    args = _chunk_args(shape)
-    with torch.no_grad():
-        yield _timed_row(ctx, "chunk_attention", shape.label, args, "fwd", "sdpa_full_attention", "full", forward, {"flops": full_flops})
-    work = {"flops": PASS_FLOP_FACTOR["fwd+bwd"] * full_flops}
-    yield _timed_row(ctx, "chunk_attention", shape.label, args, "fwd+bwd", "sdpa_full_attention", "full",
-                     lambda: torch.autograd.grad(forward(), (qh, kh, vh), do), work)  # fmt: skip
+    return [
+        ("fwd", _no_grad(forward), {"flops": full_flops}),
+        ("fwd+bwd", lambda: torch.autograd.grad(forward(), (qh, kh, vh), do), {"flops": PASS_FLOP_FACTOR["fwd+bwd"] * full_flops}),
+    ]
 
 
 def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype):
@@ -292,7 +339,8 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype):
         yield row("bwd", name, "baseline", _backward_timer(forward, group_leaves))
         yield row("fwd+bwd", name, "baseline", lambda f=forward: _grad_of(f(), group_leaves))
     del groups, group_leaves
-    yield from _full_attention_rows(ctx, shape, dtype, full_flops)
+    for pass_, fn, work in _full_attention_calls(ctx, shape, dtype, full_flops):
+        yield _timed_row(ctx, "chunk_attention", shape.label, args, pass_, "sdpa_full_attention", "full", fn, work)
 
 
 def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
@@ -324,7 +372,8 @@ def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
 
 
 def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape):
-    """CPU: the sdpa backend against SDPA full attention, FlexAttention and (``--full``) the reference (fp32)."""
+    """CPU: the sdpa backend against SDPA full attention, FlexAttention and (``--full``) the reference
+    (fp32), timed in alternation (:func:`_alternating_rows`)."""
     B, N, H, D = shape.batch, shape.tokens, shape.heads, shape.head_dim
     sizes = shape.sizes
     leaves = _chunk_inputs(shape, ctx.device, torch.float32)
@@ -333,30 +382,31 @@ def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape):
     chunk_flops, full_flops = _chunk_flops(shape)
     args = _chunk_args(shape)
 
-    def row(pass_, impl, kind, fn):
-        return _timed_row(ctx, "chunk_attention", shape.label, args, pass_, impl, kind, fn, {"flops": PASS_FLOP_FACTOR[pass_] * chunk_flops})
+    def base(pass_, impl, kind):
+        return {"op": "chunk_attention", "shape": shape.label, "shape_args": args, "pass": pass_, "impl": impl, "kind": kind}
 
+    calls, rest = [], []
     for backend in ("sdpa", "reference") if ctx.full or ctx.quick else ("sdpa",):
 
         def forward(backend=backend):
             return vk.chunk_attention(q, k, v, global_k=gk, global_v=gv, backend=backend, **sizes)
 
         kind = "vin" if backend == "sdpa" else "reference"
-        with torch.no_grad():
-            yield row("fwd", f"vin_{backend}", kind, forward)
-        yield row("fwd+bwd", f"vin_{backend}", kind, lambda f=forward: torch.autograd.grad(f(), leaves, do))
-
-    yield from _full_attention_rows(ctx, shape, torch.float32, full_flops)
-
+        calls.append((base("fwd", f"vin_{backend}", kind), _no_grad(forward), {"flops": chunk_flops}))
+        calls.append((base("fwd+bwd", f"vin_{backend}", kind), lambda f=forward: torch.autograd.grad(f(), leaves, do),
+                      {"flops": PASS_FLOP_FACTOR["fwd+bwd"] * chunk_flops}))  # fmt: skip
+    for pass_, fn, work in _full_attention_calls(ctx, shape, torch.float32, full_flops):
+        calls.append((base(pass_, "sdpa_full_attention", "full"), fn, work))
     try:
         with torch.no_grad():
             flex, setup_s = _flex_chunk_attention(*(t.detach() for t in leaves), shape)
-            flex_row = row("fwd", "flex_attention_compiled", "baseline", flex)
-        yield flex_row | {"setup_seconds": setup_s}  # block mask + compile, not timed in the row
+        flex_row = base("fwd", "flex_attention_compiled", "baseline") | {"setup_seconds": setup_s}  # block mask + compile, not timed
+        calls.append((flex_row, _no_grad(flex), {"flops": chunk_flops}))
     except Exception as err:  # noqa: BLE001
-        yield _error_row("chunk_attention", shape.label, args, "fwd", "flex_attention_compiled", "baseline", f"{type(err).__name__}: {err}"[:200])
-    yield _error_row("chunk_attention", shape.label, args, "fwd+bwd", "flex_attention_compiled", "baseline",
-                     "not run: FlexAttention has no backward on a CPU (inference only)")  # fmt: skip
+        rest.append(base("fwd", "flex_attention_compiled", "baseline") | {"error": f"{type(err).__name__}: {err}"[:200]})
+    rest.append(base("fwd+bwd", "flex_attention_compiled", "baseline") | {"error": "not run: FlexAttention has no backward on a CPU (inference only)"})
+    yield from _alternating_rows(ctx, calls, desc=f"kernels: chunk_attention {shape.name}, timed calls in alternation")
+    yield from rest
 
 
 def _global_attention_rows(ctx: Context, shape: AttentionShape, dtype):
@@ -425,7 +475,8 @@ def _overlap_fuse_rows(ctx: Context, dtype):
             "fused_update_windows": (dict(x=x, coeffs=(0.98, -0.1), out_windows=True), 2 * eps.numel() + x.numel()),
         }
         backends = [(f"vin_{b}", "vin", b) for b in _vin_backends(device, "overlap_fuse")]
-        backends += [("torch_composite", "baseline", "sdpa" if device.type == "cuda" else "reference")]
+        # GPU: the sdpa backend's torch composite, a same-work baseline; CPU: the specification
+        backends += [("torch_composite", "baseline", "sdpa")] if device.type == "cuda" else [("vin_reference", "reference", "reference")]
         for variant, (kwargs, elements) in variants.items():
             work = {"bytes": elements * eps.element_size()}
             for impl, kind, backend in backends:
