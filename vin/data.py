@@ -1,7 +1,8 @@
 """Generated long latent videos with ground truth, for training and checking temporal consistency.
 
-Every video is a scene of 1-3 textured objects bouncing around over a slowly drifting background,
-rendered straight into the latent layout ``[B, F, 4, h, w]`` that the model denoises, with values in
+Every video is a scene of objects bouncing around over a slowly drifting background (by default one
+plain object, the data the toy model learns in minutes; :class:`SceneConfig` draws up to any number,
+textured and occluding each other), rendered straight into the latent layout ``[B, F, 4, h, w]`` that the model denoises, with values in
 ``[-1, 1]``. The four channels are directly interpretable, so nothing needs a VAE or pretrained
 weights:
 
@@ -11,7 +12,7 @@ weights:
   so ``video[:, :, 3] > 0`` segments the objects of a generated video as well as of a real one.
 
 An object keeps its identity for the whole video: shape (disc, square or diamond), radius, colour,
-and a stripe texture that moves with it (period, direction, phase). It moves in a straight line at
+and a stripe texture that moves with it (period, direction, phase; ``stripe_depth=0``: plain). It moves in a straight line at
 constant speed and bounces off the frame's edges (elastic reflection, exact in closed form, so any
 frame of an arbitrarily long video costs the same); objects pass in front of each other in a fixed
 depth order (occlusions). The background is a two-wave pattern translating slowly.
@@ -21,8 +22,10 @@ Everything is a function of ``(seed, video index)`` only: ``generate(..., num_fr
 ground truth (:class:`Scenes`) holds the exact object tracks, the per-pixel owner and the visible
 fraction of every object.
 
-Sizes (default :class:`SceneConfig`): 16x16 latent pixels, objects of radius 2-3 px moving
-0.35-0.8 px per latent frame, the background 0.05-0.15 px per latent frame.
+Sizes (default :class:`SceneConfig`): 16x16 latent pixels, one plain object of radius 2.5-3.5 px
+moving 0.35-0.8 px per latent frame, the background 0.05-0.15 px per latent frame. (Until the toy
+model had to learn them in minutes on 2 CPU cores, the default was 1-3 objects of radius 2-3 px
+with stripes of depth 0.35: ``SceneConfig(max_objects=3, radius=(2.0, 3.0), stripe_depth=0.35)``.)
 """
 
 from __future__ import annotations
@@ -59,12 +62,12 @@ class SceneConfig:
     height: int = 16
     width: int = 16
     min_objects: int = 1
-    max_objects: int = 3
-    radius: tuple[float, float] = (2.0, 3.0)
+    max_objects: int = 1
+    radius: tuple[float, float] = (2.5, 3.5)
     speed: tuple[float, float] = (0.35, 0.8)
     background_speed: tuple[float, float] = (0.05, 0.15)
     stripe_period: tuple[float, float] = (3.0, 5.0)
-    stripe_depth: float = 0.35  # an object's colour is darkened by up to this fraction along its stripes
+    stripe_depth: float = 0.0  # an object's colour is darkened by up to this fraction along its stripes
 
     def __post_init__(self):
         for name in ("height", "width", "min_objects", "max_objects"):

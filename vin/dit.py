@@ -22,7 +22,6 @@ from .layers import (
     patchify,
     rotary_angles,
     rotate,
-    spatial_sincos,
     split_heads,
     unpatchify,
     zero_,
@@ -30,8 +29,8 @@ from .layers import (
 
 __all__ = ["VideoDiT", "GlobalKV", "PrefixKV", "ROPE_BASE"]
 
-# Rotary base of the time positions: angles p * ROPE_BASE^(-2j/R) turn by 1 .. ~0.02 rad per frame at
-# R = 16 rotated channels (head_dim 32), so distances of 1 to ~100 latent frames are told apart.
+# Rotary base of the positions: angles p * ROPE_BASE^(-2j/R) over R channels of an axis turn by 1 rad
+# down to ~ROPE_BASE^-1 per frame (or patch), so distances of 1 to ~100 latent frames are told apart.
 ROPE_BASE = 100.0
 
 # Per DiT layer, the VIN's global keys and values ``[B, G, heads, head_dim]`` (or None: no VIN).
@@ -61,9 +60,9 @@ class DiTBlock(nn.Module):
     def forward(self, x, c, text, attention: dict, global_kv, backend: str, rope, prefix_kv=None, rows=None):
         """x ``[B, N, hidden]``, c ``[B, hidden]``, text ``[B, L, hidden]``; attention: chunk_attention sizes.
 
-        ``rope = (cos, sin)`` ``[N, R/2]``: the time rotation of the first ``R`` channels of every
-        head's queries and keys (:func:`~vin.layers.rotate`); the global keys' first ``R`` channels are
-        zero, so a query's score with a global token does not depend on its time position.
+        ``rope = (cos, sin, timeless)``: the rotation ``[N, head_dim/2]`` of every head's queries and
+        keys (:func:`~vin.layers.rotate`) and the ``[head_dim]`` mask that zeroes the global keys' time
+        channels, so a query's score with a global token does not depend on its time position.
 
         ``rows``: the modulation is computed for all rows of ``c`` and these rows kept (``c`` then
         covers more sequences than ``x``; see ``window_range`` of :meth:`VideoDiT.forward`).
@@ -76,11 +75,11 @@ class DiTBlock(nn.Module):
         modulation = self.ada(c) if rows is None else self.ada(c)[rows]
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         q, k, v = split_heads(self.qkv(modulate(self.norm1(x), shift1, scale1)), 3, self.heads)
-        q, k = rotate(q, *rope), rotate(k, *rope)
+        cos, sin, timeless = rope
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         gk, gv = global_kv if global_kv is not None else (None, None)
         if gk is not None:
-            rotated = 2 * rope[0].shape[-1]
-            gk = torch.cat([gk.new_zeros((*gk.shape[:-1], rotated)), gk[..., rotated:]], dim=-1)
+            gk = gk * timeless.to(gk.dtype)
         prefix = prefix_kv(k, v) if prefix_kv is not None else None
         if prefix is not None:
             pk, pv = prefix
@@ -114,28 +113,29 @@ class VideoDiT(nn.Module):
     * window layout: ``x [B, n, L, C, h, w]`` (the windows); all ``B*n`` windows run in one batched
       call, each seeing itself and the global tokens of its video.
 
-    Time positions (docs/design.md, Time positions and the prediction target): time enters only the
-    self-attention, as a rotary embedding (:data:`ROPE_BASE`) of the latent frame index on the first
-    half of every head's query and key channels, so a score depends on two frames' positions only
-    through their difference; the global keys are zero in those channels (their scores carry no
-    time). Frames are numbered from the first frame of the video (full and context layouts) or of
-    the window, so a chunk with its context, an inference window over the same frames and a whole
-    video all see the same relative positions, and nothing depends on where in the video a chunk lies.
+    Positions (docs/design.md, Time positions and the prediction target) enter only the
+    self-attention, as a rotary embedding (:data:`ROPE_BASE`) of the latent frame index, the patch
+    row and the patch column on every head's query and key channels (Wan's split), so a score
+    depends on two tokens' positions only through their differences; the global keys are zero in the
+    time channels (their scores carry no time). Frames are numbered from the first frame of the video
+    (full and context layouts) or of the window, so a chunk with its context, an inference window
+    over the same frames and a whole video all see the same relative positions, and nothing depends
+    on where in the video a chunk lies.
     """
 
     def __init__(self, cfg: DiTConfig, backend: str = "auto", prediction: str = "epsilon"):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if cfg.head_dim % 4:
-            raise ValueError(f"VideoDiT rotates half of every head's channels in pairs: head_dim must be a multiple of 4, got {cfg.head_dim}")
+        if cfg.head_dim % 2:
+            raise ValueError(f"VideoDiT rotates every head's channels in pairs: head_dim must be even, got {cfg.head_dim}")
         self.cfg = cfg
         self.backend = backend
         self.prediction = prediction
         h = cfg.hidden
         self.patch_embed = nn.Linear(cfg.patch_dim, h)
-        grid = (cfg.height // cfg.patch, cfg.width // cfg.patch)
-        self.register_buffer("spatial_pos", spatial_sincos(*grid, h), persistent=False)
+        self.grid = (cfg.height // cfg.patch, cfg.width // cfg.patch)
+        self.time_pairs = (cfg.head_dim - 4 * (cfg.head_dim // 6)) // 2
         self.t_embed = TimestepEmbedding(h, cfg.frequency_dim)
         self.text_proj = Mlp(cfg.text_dim, h, h)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
@@ -204,8 +204,7 @@ class VideoDiT(nn.Module):
         if (first_frame or prefix_kv is not None) and (windows or full):
             raise ValueError("first_frame and prefix_kv need a context-mode layout")
         positions = self._time_positions(layout, F, x.device, first_frame)
-        rope = rotary_angles(positions, cfg.head_dim // 2, ROPE_BASE, tokens_per_position=T)
-        tokens = (tokens.view(-1, F, T, cfg.hidden) + self.spatial_pos).flatten(1, 2)
+        rope = self._rope(positions, T)
         attention = layout.attention_sizes(T) | {"context_grad": context_grad}
         for i, block in enumerate(self.blocks):
             prefix = None if prefix_kv is None else functools.partial(prefix_kv, i)
@@ -215,6 +214,26 @@ class VideoDiT(nn.Module):
         out = self.final(modulate(self.final_norm(tokens), shift, scale))
         eps = unpatchify(out, F, cfg.in_channels, cfg.height, cfg.width, cfg.patch)
         return eps.unflatten(0, (B, -1)) if windows else eps
+
+    def _rope(self, positions: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cos, sin, timeless)``: the rotary angles ``[F*T, head_dim/2]`` of every token (frame index
+        ``positions [F]``, then row and column of its patch) and the ``[head_dim]`` mask that zeroes
+        the global keys' time channels. Channel pairs ``(i, i + head_dim/2)``: the first
+        :attr:`time_pairs` turn with the frame, the next ``head_dim // 6`` with the row, the last
+        ``head_dim // 6`` with the column (Wan's split of a head)."""
+        D, (rows, cols) = self.cfg.head_dim, self.grid
+        cos_t, sin_t = rotary_angles(positions, 2 * self.time_pairs, ROPE_BASE, tokens_per_position=T)
+        r = torch.arange(rows, device=positions.device).repeat_interleave(cols)
+        c = torch.arange(cols, device=positions.device).repeat(rows)
+        cos_r, sin_r = rotary_angles(r, 2 * (D // 6), ROPE_BASE)
+        cos_c, sin_c = rotary_angles(c, 2 * (D // 6), ROPE_BASE)
+        F = len(positions)
+        cos = torch.cat([cos_t, cos_r.repeat(F, 1), cos_c.repeat(F, 1)], dim=-1)
+        sin = torch.cat([sin_t, sin_r.repeat(F, 1), sin_c.repeat(F, 1)], dim=-1)
+        timeless = torch.ones(D, device=positions.device)
+        timeless[: self.time_pairs] = 0
+        timeless[D // 2 : D // 2 + self.time_pairs] = 0
+        return cos, sin, timeless
 
     @staticmethod
     def _check_window_range(layout: ChunkLayout, window_range, windows_in_x: int) -> None:

@@ -12,7 +12,7 @@ naming the flag, exit code 2); a loss that stops being finite stops training (ex
 
 A ~5-minute run on 2 CPU cores (the quality preset, 1 thread; prints MAWE of 2 sampled videos)::
 
-    python -m vin.train --steps 300 --eval-videos 2
+    python -m vin.train --steps 1200 --eval-videos 2 --threads 1
 
 The bench suite ``python -m bench --suite quality`` runs the whole ablation with these functions.
 """
@@ -20,6 +20,7 @@ The bench suite ``python -m bench --suite quality`` runs the whole ablation with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -68,16 +69,19 @@ class NonFiniteLoss(RuntimeError):
 class TrainSettings:
     """One training run: AdamW at ``lr`` with ``warmup`` linear warm-up steps and a cosine decay to 0
     over ``steps``; ``batch`` clips of ``clip_frames`` latent frames per step; gradients clipped at
-    ``grad_clip``. ``seed`` fixes the initial weights, the clips and the diffusion noise.
+    ``grad_clip``; ``ema``: the decay of an exponential moving average of the weights, which the
+    trained model keeps (0: the last weights). ``seed`` fixes the initial weights, the clips and the
+    diffusion noise.
     ``with_vin``: train the global tokens; ``full_attention``: one chunk over the whole clip and no
     VIN (the baseline VIN is compared with)."""
 
-    steps: int = 1500
-    batch: int = 8
-    clip_frames: int = 24
+    steps: int = 4500
+    batch: int = 4
+    clip_frames: int = 16
     lr: float = 2e-3
-    warmup: int = 100
+    warmup: int = 200
     grad_clip: float = 1.0
+    ema: float = 0.999
     seed: int = 0
     with_vin: bool = True
     full_attention: bool = False
@@ -91,6 +95,8 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"TrainSettings.{name} must be a positive finite number, got {value!r}")
+        if isinstance(self.ema, bool) or not isinstance(self.ema, (int, float)) or not 0 <= self.ema < 1:
+            raise ValueError(f"TrainSettings.ema must be a number in [0, 1), got {self.ema!r}")
         if self.full_attention and self.with_vin:
             raise ValueError("TrainSettings: full_attention trains without the VIN; set with_vin=False")
 
@@ -236,6 +242,20 @@ def format_diagnostics(model_errors: dict[int, float], baselines: dict, label: s
     return lines
 
 
+@contextlib.contextmanager
+def _swapped(params: list[torch.Tensor], values: list[torch.Tensor] | None):
+    """The parameters hold ``values`` inside the block (nothing changes when ``values`` is None)."""
+    if values is None:
+        yield
+        return
+    saved = [p.detach().clone() for p in params]
+    torch._foreach_copy_([p.data for p in params], values)
+    try:
+        yield
+    finally:
+        torch._foreach_copy_([p.data for p in params], saved)
+
+
 def train(
     preset: Preset,
     settings: TrainSettings = TrainSettings(),
@@ -246,6 +266,7 @@ def train(
     desc: str = "training",
     log: Callable[[str], None] | None = None,
     diagnose: int = 0,
+    checkpoint: Callable[[int, VideoDiT, VIN | None], None] | None = None,
 ) -> Trained:
     """Train ``preset`` on generated clips (chunks and context of the preset, or full attention).
 
@@ -255,9 +276,11 @@ def train(
     machines). The scenes must match the preset's latent size. The target is the preset's
     ``prediction``.
 
-    ``log`` receives text lines: what is trained, the loss about every tenth of the run with the
-    elapsed time and an ETA. ``diagnose > 0``: :func:`denoising_errors` on 8 held-out clips at that
-    many evenly spaced steps (the last one included), kept in :attr:`Trained.diagnostics`.
+    ``log`` receives text lines: the loss about every tenth of the run with the elapsed time and an
+    ETA. ``diagnose > 0``: :func:`denoising_errors` on 8 held-out clips at that many evenly spaced
+    steps (the last one included; of the averaged weights with ``ema``), kept in
+    :attr:`Trained.diagnostics`; ``checkpoint(step, model, vin)`` is called there too (the model in
+    eval mode, holding those weights), e.g. to sample.
     Raises :class:`NonFiniteLoss` when a loss is NaN or infinite.
     """
     scene = scene if scene is not None else scene_config(preset)
@@ -286,6 +309,7 @@ def train(
 
         steps = tqdm(steps, desc=desc, leave=False)
     losses, diagnostics = [], {}
+    averages = [p.detach().clone() for p in params] if settings.ema else None
     start = time.perf_counter()
     model.train()
     for step in steps:
@@ -300,19 +324,28 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
+        if averages is not None:  # the EMA's decay ramps up over the first steps: (1 + s) / (10 + s)
+            torch._foreach_lerp_(averages, [p.detach() for p in params], 1 - min(settings.ema, (1 + step) / (10 + step)))
         losses.append(loss.item())
         if progress and step % 25 == 0:
             steps.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
         if step in diagnose_at:
-            diagnostics[step + 1] = denoising_errors(
-                model, net_vin, held_out, layout, schedule, unconditional_text(preset, len(held_out), device), seed=settings.seed
-            )
+            with _swapped(params, averages):
+                diagnostics[step + 1] = denoising_errors(
+                    model, net_vin, held_out, layout, schedule, unconditional_text(preset, len(held_out), device), seed=settings.seed
+                )
+                if checkpoint is not None:
+                    model.eval()
+                    checkpoint(step + 1, model, net_vin)
+                    model.train()
         if log is not None and step in log_at:
             elapsed = time.perf_counter() - start
             recent = losses[-max(1, settings.steps // 10) :]
             eta = elapsed / (step + 1) * (settings.steps - step - 1)
             log(f"step {step + 1}/{settings.steps}: loss {sum(recent) / len(recent):.4f}, {_minutes(elapsed)} elapsed, ETA {_minutes(eta)}")
     seconds = time.perf_counter() - start
+    if averages is not None:
+        torch._foreach_copy_([p.data for p in params], averages)
     model.eval()
     if net_vin is not None:
         net_vin.eval()
@@ -378,7 +411,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="python -m vin.train",
         description=__doc__.split("\n\n")[0],
-        epilog="About 5 minutes on 2 CPU cores: --steps 300 --eval-videos 2. "
+        epilog="About 5 minutes on 2 CPU cores: --steps 1200 --eval-videos 2 --threads 1. "
         "The quality suite (python -m bench --suite quality) trains with the defaults.\n",
     )
     parser.add_argument("--preset", default="quality", help=f"a preset of vin.presets whose latents fit the generated "
@@ -388,6 +421,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="latent frames per training clip (at least 1; default %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate (positive, finite; default %(default)s)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="linear warm-up steps (at least 0; default %(default)s)")
+    parser.add_argument("--ema", type=float, default=defaults.ema, help="decay of the weights' moving average the model keeps, "
+                        "in [0, 1) (0: the last weights; default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="weights, clips and noise (at least 0; default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (at least 1; default: torch's)")
     parser.add_argument("--prediction", choices=PREDICTIONS, default=None, help="network target (default: the preset's)")
@@ -410,6 +445,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"{flag} must be at least {low}, got {value}")
     if not 0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 <= args.ema < 1:
+        parser.error(f"--ema must be in [0, 1), got {args.ema}")
     if args.full_attention and (args.no_vin or args.context is not None):
         parser.error("--full-attention trains one chunk without the VIN: drop --no-vin and --context")
     if args.save is not None and (problem := save_problem(args.save)):
@@ -427,7 +464,7 @@ def main(argv=None) -> int:
     if args.prediction is not None:
         preset = dataclasses.replace(preset, prediction=args.prediction)
     settings = TrainSettings(
-        steps=args.steps, batch=args.batch, clip_frames=args.clip_frames, lr=args.lr, warmup=args.warmup, seed=args.seed,
+        steps=args.steps, batch=args.batch, clip_frames=args.clip_frames, lr=args.lr, warmup=args.warmup, ema=args.ema, seed=args.seed,
         with_vin=not (args.no_vin or args.full_attention), full_attention=args.full_attention,
     )  # fmt: skip
     scene = scene_config(preset)

@@ -98,7 +98,7 @@ def test_the_old_convention_fails_the_loss_equality(monkeypatch):
 
     monkeypatch.setattr(VideoDiT, "_time_positions", staticmethod(in_chunk))
     train_loss, window_loss, trained, windowed = _losses(depth=1)
-    assert (trained - windowed).abs().max() > 0.1  # measured 0.71 (1.4e-6 with the convention)
+    assert (trained - windowed).abs().max() > 0.1  # measured 1.2 (1.9e-6 with the convention)
 
 
 def test_deeper_models_differ_only_through_the_context_frames_states():
@@ -106,7 +106,7 @@ def test_deeper_models_differ_only_through_the_context_frames_states():
     layer-1 states the previous chunk computed, so they differ (measured on the quality model instead)."""
     _, _, trained, windowed = _losses(depth=2)
     torch.testing.assert_close(windowed[:, :8], trained[:, :8], rtol=1e-5, atol=1e-5)
-    assert (trained[:, 8:] - windowed[:, 8:]).abs().max() > 0.01  # measured 0.27
+    assert (trained[:, 8:] - windowed[:, 8:]).abs().max() > 0.01  # measured 0.67
 
 
 def test_positions_are_relative_a_shifted_video_gives_the_same_chunk():

@@ -16,20 +16,25 @@ from vin_kernels import ChunkLayout
 pytest.importorskip("cv2", reason="vin.metrics needs opencv-python-headless (the quality extra)")
 
 
+# The generator's richer scenes (several textured, occluding objects; the default before the toy model
+# had to learn its data in minutes): the data and metric tests exercise every feature on them.
+RICH = data.SceneConfig(max_objects=3, radius=(2.0, 3.0), stripe_depth=0.35)
+
+
 @pytest.fixture(scope="module")
 def scenes():
-    return data.generate(4, 48, seed=3)
+    return data.generate(4, 48, seed=3, config=RICH)
 
 
 # ------------------------------------------------------------------------------------ data
 def test_videos_are_deterministic_and_any_prefix_or_slice_is_the_same_video(scenes):
-    again = data.generate(4, 48, seed=3)
+    again = data.generate(4, 48, seed=3, config=RICH)
     assert torch.equal(scenes.video, again.video) and torch.equal(scenes.tracks, again.tracks)
-    short = data.generate(2, 20, seed=3, first_video=2, first_frame=10)
+    short = data.generate(2, 20, seed=3, first_video=2, first_frame=10, config=RICH)
     torch.testing.assert_close(short.video, scenes.video[2:, 10:30], rtol=0, atol=1e-6)
     torch.testing.assert_close(short.tracks, scenes.tracks[2:, 10:30], rtol=0, atol=1e-9)
-    assert not torch.equal(data.generate(4, 48, seed=4).video, scenes.video)
-    assert not torch.equal(data.generate(4, 48, seed=3, split="train").video, scenes.video)
+    assert not torch.equal(data.generate(4, 48, seed=4, config=RICH).video, scenes.video)
+    assert not torch.equal(data.generate(4, 48, seed=3, split="train", config=RICH).video, scenes.video)
     clips = data.training_batch(3, 2, 24, seed=3)
     torch.testing.assert_close(clips, data.generate(2, 24, seed=3, first_video=6, split="train").video, rtol=0, atol=0)
 
@@ -68,7 +73,7 @@ def test_tracks_follow_straight_lines_with_elastic_bounces(scenes):
 def test_rendered_objects_sit_on_their_tracks_with_their_colours():
     """Frames where one object is alone (nothing overlaps it): the centroid of its coverage is its
     track point, its pixels carry its colour darkened only by its stripes, and it is fully visible."""
-    scenes = data.generate(6, 24, seed=5, config=data.SceneConfig(max_objects=1))
+    scenes = data.generate(6, 24, seed=5, config=data.SceneConfig(radius=(2.0, 3.0), stripe_depth=0.35))
     coverage = (scenes.video[:, :, data.ALPHA_CHANNEL] + 1) / 2  # one object: its own coverage
     ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
     mass = coverage.sum((-1, -2))
@@ -84,6 +89,16 @@ def test_rendered_objects_sit_on_their_tracks_with_their_colours():
         ratio = pixels / colour.clamp_min(1e-3)
         bright = colour[:, 0] > 0.2  # channels with signal; the stripes darken by at most stripe_depth
         assert ratio[bright].max() <= 1 + 1e-3 and ratio[bright].min() >= 1 - scenes.config.stripe_depth - 0.1
+
+
+def test_the_default_scenes_are_one_plain_object():
+    """The toy model's data: one object of one colour (no stripes) per video."""
+    scenes = data.generate(8, 12, seed=1)
+    assert scenes.present.sum(1).tolist() == [1] * 8 and torch.all(scenes.visible[:, :, 0] == 1)
+    for b in range(8):
+        inside = (scenes.video[b, :, data.ALPHA_CHANNEL] > 0.999)  # fully covered pixels: the object's colour only
+        colours = scenes.video[b, :, :3].permute(1, 0, 2, 3)[:, inside]
+        torch.testing.assert_close(colours, scenes.color[b, 0, :, None].float().expand_as(colours), rtol=0, atol=1e-5)
 
 
 def test_occluded_objects_report_their_visible_fraction():
@@ -210,3 +225,70 @@ def test_fusion_modes_sample_the_same_noise_differently(small_trained):
     assert torch.equal(again, videos["early"])
     with pytest.raises(ValueError, match="fusion"):
         sample_videos(small_trained, layout, num_videos=1, fusion="mid")
+
+
+# ------------------------------------------------------------------------------------ the quality suite's report
+def _fake_result():
+    """A result of the quality suite's layout, with made-up numbers (nothing trained)."""
+    from vin_bench.suites import quality as suite
+
+    def row(variant, mawe):
+        scores = {key: 0.1 for key in suite.METRICS} | {f"{key}_sem": 0.01 for key in suite.METRICS} | {"mawe": mawe}
+        return {"variant": variant, "description": variant, "layout": "-", "x0_mse": {"200": 0.02, "500": 0.07, "900": 0.13}, **scores}
+
+    rows = [row(suite.DATA_ROW, 1.2)] + [row(v, 2.0 + i) for i, v in enumerate(suite.VARIANTS)]
+    videos = {name: data.generate(1, 12, seed=i).video[0] for i, name in enumerate([suite.DATA_ROW, *suite.VARIANTS])}
+    png, frames = suite._strip_png(videos, 6)
+    curve = {"100": 0.03, "200": 0.02}
+    return {
+        "preset": "quality", "prediction": "v", "train": dataclasses.asdict(suite.TRAIN),
+        "eval": {"videos": 8, "frames": 96, "sampling_steps": 50, "t_alpha": 20, "flow": "Farneback"},
+        "threads": {"parallel_processes": 2, "per_process": 1}, "total_seconds": 2280.0, "rows": rows,
+        "diagnostics": {"timesteps": [200, 500, 900], "baselines": {"best_linear": {"200": 0.03, "500": 0.09, "900": 0.13},
+                                                                      "data_mean": {"200": 0.13, "500": 0.13, "900": 0.13}},
+                        "models": {suite.loss_label(m): {"100": {"200": 0.04, "500": 0.1, "900": 0.14}} for m in suite.MODELS}},
+        "full_attention_mawe_curve": {"frames": 16, "videos": 2, "mawe": curve},
+        "layout_losses": {suite.loss_label("vin"): {"training": 0.1, "windows": 0.11}},
+        "losses": {suite.loss_label(m): [1.0, 0.5] for m in suite.MODELS},
+        "strip": {"rows": list(videos), "frames": frames, "png_base64": png},
+    }  # fmt: skip
+
+
+def test_the_report_names_every_variant_the_same_way_and_states_one_time(tmp_path):
+    import cv2
+
+    from vin_bench.suites import quality as suite
+
+    result = _fake_result()
+    table = suite.markdown(result)
+    for variant in [suite.DATA_ROW, *suite.VARIANTS]:
+        assert f"| {variant} |" in table
+    assert "Whole run: 38 min" in table and "(38 min)" in suite.headline(result)[0]
+    assert "| best linear (Wiener) denoiser | - | 0.0300 | 0.0900 | 0.1300 |" in table
+    assert "full attention **no**, full **yes**" in table  # MAWE 7.0 and 2.0 against 2 x 1.2
+    # Every loss curve is named after the bars it is sampled as.
+    bars = set(suite.VARIANTS)
+    assert {name for label in result["losses"] for name in label.split(", ")} == bars
+    (path,) = suite.files(result, tmp_path, "run")
+    image = cv2.imread(str(path))
+    rows = len(suite.VARIANTS) + 1
+    assert image.shape[0] == rows * 16 * suite.STRIP_ZOOM and image.shape[1] > 2 * 16 * suite.STRIP_ZOOM
+    margin = image[:, :100]
+    assert all((margin[i * 64 : (i + 1) * 64] < 128).any() for i in range(rows)), "a row has no label"
+
+
+def test_the_suite_states_the_time_its_committed_run_measured():
+    """One figure everywhere: OPT_IN (the CLI's list of opt-in suites) says what the newest committed
+    quality run took."""
+    import json
+    import re
+    from pathlib import Path
+
+    from vin_bench.suites import quality as suite
+
+    runs = sorted(Path(__file__).resolve().parents[2].glob("bench/results/*quality*.json"))
+    results = [r for r in (json.loads(p.read_text()) for p in runs) if "prediction" in r["suites"].get("quality", {})]
+    if not results:
+        pytest.skip("no committed run of this quality suite")
+    minutes = round(results[-1]["suites"]["quality"]["total_seconds"] / 60)
+    assert re.search(rf"\b{minutes} minutes", suite.OPT_IN), (suite.OPT_IN, minutes)

@@ -27,6 +27,8 @@ BAD_FLAGS = {
     "--lr inf": "--lr",
     "--lr -1e-3": "--lr",
     "--warmup -1": "--warmup",
+    "--ema 1": "--ema",
+    "--ema nan": "--ema",
     "--seed -1": "--seed",
     "--threads 0": "--threads",
     "--context -1": "--context",
@@ -88,7 +90,7 @@ def test_help_shows_the_defaults_and_the_five_minute_setting(capsys):
         train.main(["--help"])
     assert exit_.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "default 1500" in out and "default quality" in out and "default 96" in out
+    assert "default 4500" in out and "default quality" in out and "default 96" in out
     assert "About 5 minutes on 2 CPU cores: --steps" in out
 
 
