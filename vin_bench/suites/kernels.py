@@ -459,11 +459,12 @@ def _merge_rows(ctx: Context, shape: AttentionShape, dtype):
 def _overlap_fuse_rows(ctx: Context, dtype):
     device = ctx.device
     if device.type == "cuda":
-        cases = [("paper latent B=1", 1, ChunkLayout.windows(80, 32, 12), (4, 24, 40)), ("B=16 F=160", 16, ChunkLayout.windows(160, 32, 12), (4, 24, 40))]
+        cases = [("B=1, F=80 latent frames of 4x24x40", 1, ChunkLayout.windows(80, 32, 12), (4, 24, 40)),
+                 ("B=16, F=160 latent frames of 4x24x40", 16, ChunkLayout.windows(160, 32, 12), (4, 24, 40))]
     elif ctx.quick:
         cases = [("tiny", 1, ChunkLayout.windows(40, 12, 4), (4, 8, 8))]
     else:
-        cases = [("cpu preset latent F=160", 1, ChunkLayout.windows(160, 32, 12), (4, 12, 20))]
+        cases = [("B=1, F=160 latent frames of 4x12x20", 1, ChunkLayout.windows(160, 32, 12), (4, 12, 20))]
     for name, B, layout, feat in cases:
         eps = torch.randn(B, layout.num_chunks, layout.chunk_len, *feat, device=device, dtype=dtype)
         x = torch.randn(B, layout.num_frames, *feat, device=device, dtype=dtype)
