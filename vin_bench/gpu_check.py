@@ -416,31 +416,6 @@ class _Rows:
         self.file.flush()
 
 
-def _flex(q, k, v, chunk_size: int, context_size: int, compile_backend: str):
-    """FlexAttention with the chunk mask over heads-first ``q [B, H, N, D]`` and keys / values
-    ``[B, H, N + G, D]`` whose last ``G`` are the globals; the per-token key ranges come from
-    ``ChunkLayout.context`` over tokens. Returns ``run() -> o [B, H, N, D]``; compiles on the first run."""
-    import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from vin_kernels import ChunkLayout
-
-    B, H, N, _ = q.shape
-    tokens = ChunkLayout.context(N, chunk_size, context_size)
-    key_lo = torch.empty(N, dtype=torch.long, device=q.device)
-    key_hi = torch.empty_like(key_lo)
-    for i in range(tokens.num_chunks):
-        rows, keys = tokens.query_frames(i), tokens.key_frames(i)
-        key_lo[rows.start : rows.stop], key_hi[rows.start : rows.stop] = keys.start, keys.stop
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx >= N) | ((kv_idx >= key_lo[q_idx]) & (kv_idx < key_hi[q_idx]))
-
-    block_mask = create_block_mask(mask_mod, B, H, N, k.shape[2], device=q.device)
-    compiled = torch.compile(flex_attention, backend=compile_backend)
-    return lambda: compiled(q, k, v, block_mask=block_mask)
-
-
 def _perf(emit: _Rows, device, dry_run: bool) -> None:
     """The perf step: rows in :data:`PERF_IMPLS` order per head dim (see the module docstring)."""
     import torch
@@ -450,6 +425,7 @@ def _perf(emit: _Rows, device, dry_run: bool) -> None:
     from vin_kernels import flops as kernel_flops
 
     from .ceilings import measure_ceilings
+    from .flex import chunk_flex_attention
     from .suites.kernels import PAPER, PASS_FLOP_FACTOR, AttentionShape, _attend, _grad_of, materialize_chunks
     from .timing import measure, summary
 
@@ -485,8 +461,8 @@ def _perf(emit: _Rows, device, dry_run: bool) -> None:
             return lambda: _attend(backend, problems), lambda: _grad_of(_attend(backend, problems), problem_leaves)
 
         def flex():  # FlexAttention refuses inputs that require grad on a CPU, even under no_grad
-            backend, cut = ("inductor" if gpu else "eager"), (sizes["chunk_size"], sizes["context_size"])
-            fwd, fwd_train = _flex(*(t.detach() for t in dense), *cut, backend), _flex(*dense, *cut, backend)
+            backend, cut = ("inductor" if gpu else "eager"), {n: sizes[n] for n in ("chunk_size", "context_size")}
+            fwd, fwd_train = (chunk_flex_attention(*ts, **cut, compile_backend=backend) for ts in ([t.detach() for t in dense], dense))
             upstream = do.transpose(1, 2).contiguous()
             return fwd, lambda: torch.autograd.grad(fwd_train(), dense, upstream)
 

@@ -39,6 +39,7 @@ from vin_kernels import ChunkLayout, reference
 from vin_kernels import flops as kernel_flops
 from vin_kernels.sdpa import chunk_windows
 
+from ..flex import chunk_flex_attention
 from ..timing import measure, summary
 from . import Context, latent_frames, ratio_cell
 
@@ -345,30 +346,16 @@ def _chunk_attention_rows(ctx: Context, shape: AttentionShape, dtype):
 
 def _flex_chunk_attention(q, k, v, gk, gv, shape: AttentionShape):
     """FlexAttention (torch.compile'd) with the chunk mask plus the globals appended to the keys:
-    ``(run, setup_seconds)``. The per-token key ranges come from :meth:`ChunkLayout.context_groups`."""
+    ``(run, setup_seconds)``, the setup being the block mask and the compile."""
     import time
 
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    B, N, H, D = q.shape
-    key_lo = torch.empty(N, dtype=torch.long, device=q.device)
-    key_hi = torch.empty_like(key_lo)
-    for group in ChunkLayout.context_groups(N, shape.sizes["chunk_size"], shape.sizes["context_size"]):
-        for j in range(group.count):
-            rows, keys = group.query_range(j), group.key_range(j)
-            key_lo[rows.start : rows.stop], key_hi[rows.start : rows.stop] = keys.start, keys.stop
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx >= N) | ((kv_idx >= key_lo[q_idx]) & (kv_idx < key_hi[q_idx]))
-
     start = time.perf_counter()
-    block_mask = create_block_mask(mask_mod, B, H, N, N + gk.shape[1], device=q.device)
     qh = q.transpose(1, 2).contiguous()
     kh = torch.cat([k, gk], 1).transpose(1, 2).contiguous()
     vh = torch.cat([v, gv], 1).transpose(1, 2).contiguous()
-    compiled = torch.compile(flex_attention)
-    compiled(qh, kh, vh, block_mask=block_mask)  # compiles
-    return (lambda: compiled(qh, kh, vh, block_mask=block_mask)), time.perf_counter() - start
+    run = chunk_flex_attention(qh, kh, vh, chunk_size=shape.sizes["chunk_size"], context_size=shape.sizes["context_size"])
+    run()  # compiles
+    return run, time.perf_counter() - start
 
 
 def _cpu_chunk_attention_rows(ctx: Context, shape: AttentionShape):
