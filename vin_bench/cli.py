@@ -128,7 +128,8 @@ def build_parser(prog: str) -> ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--full-matrix", action="store_true",
-        help="static suite: every Triton kernel option x head dim x {bf16, fp16, fp32} x {sm_90, sm_80} (default: a stated subset)",
+        help="--full, and the static suite compiles its whole matrix: every kernel option x head dim x dtype x arch "
+        "(--full: the default matrix; default run: a headline slice)",
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"%(prog)s {vin_kernels.__version__}")
     for name, suite in SUITES.items():
@@ -150,6 +151,9 @@ def parse_args(argv=None, prog: str | None = None):
     if unknown or not names:
         parser.error(f"--suite: unknown suite(s) {unknown}; choose from {list(SUITES)}")
     args.suites = names
+    if args.full_matrix and args.quick:
+        parser.error("--full-matrix: not with --quick (it implies --full)")
+    args.full = args.full or args.full_matrix
     if args.frames is not None:
         try:
             args.frames = _frames(args.frames)

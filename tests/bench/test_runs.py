@@ -184,6 +184,13 @@ def test_context_defaults_and_full_flag():
     assert Context(torch.device("cpu"), False, (64,), options=argparse.Namespace(full=True)).full is True
 
 
+def test_full_matrix_implies_full_and_refuses_quick(capsys):
+    assert cli.parse_args(["--full-matrix"], prog="vin-bench").full is True  # its results are named -full
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(["--full-matrix", "--quick"], prog="vin-bench")
+    assert exit_.value.code == 2 and "--full-matrix: not with --quick" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ what the tables say
 def test_default_and_full_runs_pick_the_headline_slice_or_everything():
     cpu = torch.device("cpu")
