@@ -17,7 +17,7 @@ native length (81, 161, 321 video frames = 21, 41, 81 latent frames), three ways
   in one batched forward, blended by ``overlap_fuse`` (at 1x the video fits one window and passes
   through: the stock model, not measured again).
 
-Per row: the median of 5 steps (3 at 4x) after a warm-up, wall clock, the modes of a length taking
+Per row: the median of 5 steps after a warm-up, wall clock, the modes of a length taking
 turns step by step (a burst of load on a shared machine hits all of them; time ratios are the median
 of the turns' ratios; the load average at each length's start is recorded); the peak resident memory
 above the pre-step level (:class:`vin_bench.suites.model.RssSampler`) of a step in a fresh process
@@ -52,7 +52,7 @@ from ..timing import measure, summary
 from . import Context
 from .model import RssSampler
 
-OPT_IN = "a Wan 2.1 1.3B-shaped transformer at 1x, 2x and 4x its native length (about 10 minutes on 2 cores)"
+OPT_IN = "a Wan 2.1 1.3B-shaped transformer at 1x, 2x and 4x its native length (about 12 minutes on 2 cores)"
 
 # diffusers' config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers but the block count (num_layers=30 there)
 WAN_2_1_1_3B = dict(
@@ -71,7 +71,9 @@ MULTIPLES = (1, 2, 4)
 MODES = ("stock", "chunked", "long_video")
 DEFAULT_LAYERS, DEFAULT_LATENT_SIZE = 2, (16, 28)
 QUICK_LAYERS, QUICK_LATENT_SIZE = 1, (4, 8)
-WARMUP, TIMED_SHORT, TIMED = 1, 5, 3  # warm-up and timed steps per mode (5 up to 2x, 3 at 4x)
+# Warm-up and timed steps per mode and length: 5 turns, so that the medians leave out two turns a
+# burst of load on the shared machine slowed (the fifth run's 4x turns with 3: 2 of 3 disturbed).
+WARMUP, TIMED = 1, 5
 
 
 def add_arguments(group) -> None:
@@ -237,11 +239,6 @@ def _items(multiples) -> list[tuple[int, str]]:
     return [(m, mode) for m in multiples for mode in MODES if not (mode == "long_video" and m == 1)]
 
 
-def timed_steps(multiple: int) -> int:
-    """Timed steps per mode at ``multiple`` x the native length: 5 up to 2x (steps of a few seconds), 3 at 4x."""
-    return TIMED_SHORT if multiple <= 2 else TIMED
-
-
 def run(ctx: Context) -> dict:
     quick = ctx.quick
     options = ctx.options
@@ -249,7 +246,7 @@ def run(ctx: Context) -> dict:
     latent_size = QUICK_LATENT_SIZE if quick else tuple(getattr(options, "wan_latent_size", DEFAULT_LATENT_SIZE))
     multiples = MULTIPLES[:2] if quick else MULTIPLES
     warmup = 0 if quick else WARMUP
-    timed = {m: 1 if quick else timed_steps(m) for m in multiples}
+    timed = {m: 1 if quick else TIMED for m in multiples}
     tokens_per_frame = (latent_size[0] // 2) * (latent_size[1] // 2)
     load_before = list(os.getloadavg())
     model, model_meta = _build(layers), _build(layers, "meta")
