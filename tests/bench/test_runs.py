@@ -4,7 +4,6 @@ never ``-unknown`` names), progress is shown, and the tables and plots say what 
 Fake suites and hand-made results only: about 5 s."""
 
 import argparse
-import copy
 import io
 import json
 import types
@@ -134,6 +133,7 @@ def test_results_go_to_the_checkout_or_a_user_folder_never_the_current_one(tmp_p
     """Issue 19.6: outside a checkout the results went to ./bench/results of whatever folder."""
     monkeypatch.delenv("VIN_BENCH_RESULTS", raising=False)
     assert environment.is_checkout(ROOT)
+    monkeypatch.setattr(environment, "ROOT", ROOT)  # run from the checkout (CI imports an installed copy)
     monkeypatch.chdir(tmp_path)
     assert environment.default_results_dir() == ROOT / "bench" / "results"  # the checkout the code runs from
     monkeypatch.setattr(environment, "ROOT", tmp_path / "site-packages")  # an installed package
