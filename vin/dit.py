@@ -143,6 +143,16 @@ class VideoDiT(nn.Module):
         self.final_ada = nn.Sequential(nn.SiLU(), zero_(nn.Linear(h, 2 * h)))
         self.final = zero_(nn.Linear(h, cfg.patch_dim))
 
+    @torch.no_grad()
+    def randomize_zero_layers(self, std: float = 0.02) -> "VideoDiT":
+        """Give the zero-initialized linear layers (adaLN-Zero modulations, the final layer) ``N(0, std)``
+        weights, in place, from torch's global generator: a fresh DiT predicts exactly 0, so benchmarks and
+        tests of an untrained model call this first. Returns ``self``."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                module.weight.normal_(0, std)
+        return self
+
     def forward(
         self,
         x: torch.Tensor,

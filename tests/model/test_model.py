@@ -22,15 +22,8 @@ SHAPE = (CFG.in_channels, CFG.height, CFG.width)
 def nets():
     torch.manual_seed(0)
     model, net_vin = PRESET.build()
-    _randomize_zero_inits(model)  # adaLN-Zero makes a fresh DiT the identity: give every path weight
+    model.randomize_zero_layers()  # adaLN-Zero makes a fresh DiT predict 0: give every path weight
     return model.eval(), net_vin.eval()
-
-
-def _randomize_zero_inits(model):
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.abs().max() == 0:
-                module.weight.normal_(0, 0.02)
 
 
 def _inputs(frames=F, seed=1):
@@ -45,6 +38,19 @@ def _windows(x, layout):
 
 
 # ------------------------------------------------------------------------------------ shapes
+def test_a_fresh_dit_predicts_zero_until_its_zero_layers_are_randomized():
+    torch.manual_seed(0)
+    model, _ = PRESET.build()
+    x, t, text = _inputs(8)
+    layout = ChunkLayout.full(8)
+    assert not model(x, t, text, layout=layout).any()
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    assert model.randomize_zero_layers(std=0.5) is model
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(not before[name].any() and name.endswith("weight") for name in changed)
+    assert abs(model.final.weight.std().item() - 0.5) < 0.1
+    assert model(x, t, text, layout=layout).abs().mean() > 0.01
+
 def test_shapes(nets):
     model, net_vin = nets
     x, t, text = _inputs()

@@ -40,10 +40,7 @@ def _nets():
     """The tiny preset with every weight random (adaLN-Zero would make the DiT predict 0)."""
     torch.manual_seed(0)
     model, net_vin = PRESET.build()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.any():
-                module.weight.normal_(0, 0.02)
+    model.randomize_zero_layers()  # a fresh DiT predicts 0
     return model.eval(), net_vin.eval()
 
 

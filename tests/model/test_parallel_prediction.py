@@ -27,10 +27,7 @@ def _nets(prediction: str):
     preset = dataclasses.replace(vin.presets.tiny(), prediction=prediction)
     torch.manual_seed(0)
     model, net_vin = preset.build()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.any():
-                module.weight.normal_(0, 0.02)
+    model.randomize_zero_layers()  # a fresh DiT predicts 0
     return preset, model.eval(), net_vin.eval()
 
 

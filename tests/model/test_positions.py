@@ -38,10 +38,8 @@ def _random_nets(depth: int, seed: int = 0):
     preset = dataclasses.replace(preset, dit=dataclasses.replace(preset.dit, depth=depth))
     torch.manual_seed(seed)
     model, net_vin = preset.build()
+    model.randomize_zero_layers(std=0.2)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.any():
-                module.weight.normal_(0, 0.2)
         for block in model.blocks:
             block.qkv.weight.mul_(4)  # sharp attention: where a key sits in time matters
     return preset, model.eval(), net_vin.eval()

@@ -126,10 +126,7 @@ def build(args, device: torch.device):
     torch.manual_seed(args.seed)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, net = preset.build(device=device, dtype=dtype)
-    with torch.no_grad():  # adaLN-Zero and the zero final layer make a fresh DiT predict 0: give them weights
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.any():
-                module.weight.normal_(0, 0.02)
+    model.randomize_zero_layers()  # a fresh DiT predicts 0
     text = torch.randn(args.batch, preset.dit.text_len, preset.dit.text_dim, device=device, dtype=dtype)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     return preset, model.eval(), net.eval(), text, generator, layout
