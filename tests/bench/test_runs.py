@@ -232,7 +232,7 @@ def test_kernels_table_leads_with_time_and_flops_over_full_attention():
     assert header.split("|")[6:10] == [" time / full ", " FLOPs / full ", " time / Flex ", " time / reference "]
     line = next(line for line in table.splitlines() if "| vin_sdpa |" in line)
     assert "| **0.40x** | 0.20 | 2.00x | **0.10x** |" in line  # below 1 (faster) in bold
-    assert "N=4800 (80 x 60), chunk 20 + context 12 frames, 128 globals, 6 heads, D=64" == shape.label
+    assert "N=4800 (80 x 60), chunk 20 + context 8 frames, 128 globals, 6 heads, D=64" == shape.label
     assert shape.label in line
     assert kernels_suite.headline({"rows": rows})[0].startswith("chunk_attention fwd (vin_sdpa, N=4800")
 
@@ -246,7 +246,7 @@ def test_kernels_plot_writes_the_full_attention_ratio_beside_the_bars():
     ax = fig.axes[0]
     (label,) = [t for t in ax.texts]
     assert label.get_text() == "0.40x full (FLOPs 0.20x)" and label.get_fontweight() == "bold"
-    assert "full attention" in ax.get_title() and "chunk 20 + context 12" in ax.get_yticklabels()[0].get_text()
+    assert "full attention" in ax.get_title() and "chunk 20 + context 8" in ax.get_yticklabels()[0].get_text()
     assert all(t.get_window_extent().x1 <= ax.get_window_extent().x1 + 1 for t in ax.texts), "a label leaves the axes"
 
 
