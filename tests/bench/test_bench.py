@@ -22,6 +22,7 @@ from vin_bench.environment import result_stem
 from vin_bench.schema import validate
 from vin_bench.suites import Context, latent_frames
 from vin_bench.suites import flops as flops_suite
+from vin_bench.suites import static
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,28 +164,65 @@ def test_report_skips_quick_runs_and_prefers_gpu_runs(quick_run, tmp_path):
     assert {path.name for path, _ in report.newest_results(tmp_path).values()} == {"gpu.json"}
 
 
-def test_report_prints_by_default_and_writes_a_readme_only_with_readme(quick_run, tmp_path, capsys):
+def test_report_shows_the_static_suites_widest_matrix_over_a_newer_slice(quick_run, tmp_path):
+    """A later ``--suite static`` slice must not hide the committed full-matrix run in README's table."""
+    result = _as_full_run(quick_run[1], "2030-01-01T00:00:00+00:00")
+    wide = result | {"suites": {"static": result["suites"]["static"] | {"matrix": "full"}}}
+    (tmp_path / "wide.json").write_text(json.dumps(wide))
+    (tmp_path / "newer-slice.json").write_text(json.dumps(_as_full_run(quick_run[1], "2030-01-02T00:00:00+00:00")))
+    chosen = {suite: path.name for suite, (path, _) in report.newest_results(tmp_path).items()}
+    assert chosen["static"] == "wide.json" and chosen["flops"] == "newer-slice.json"
+
+
+def test_static_headline_counts_problems_per_triton_version():
+    """Pruned options do not count; 16-bit per Triton version; fp32 apart."""
+    row = {"pickable": True, "arch": "sm_86", "dtype": "bf16", "triton": "3.9.0", "problems": [], "uses_dot": True,
+           "shared_bytes": 1024 * 64, "spill_bytes": 0}
+    rows = [row, row | {"problems": ["spills 8 B"]}, row | {"pickable": False, "problems": ["x"]},
+            row | {"dtype": "fp32", "spill_bytes": 16, "shared_bytes": 1024 * 84}, row | {"triton": "3.6.0", "arch": "sm_90"}]
+    assert static.headline({"rows": rows}) == [
+        "16-bit options with problems on sm_86, sm_90: Triton 3.6.0 0 of 1, Triton 3.9.0 1 of 2; "
+        "fp32: 0 of 1 with problems, shared <= 84 KB, spills <= 16 B"
+    ]
+
+
+def test_report_prints_by_default_and_writes_tables_and_headline_only_with_write(quick_run, tmp_path, capsys):
     results = tmp_path / "results"
     results.mkdir()
     (results / "cpu.json").write_text(json.dumps(_as_full_run(quick_run[1], "2030-01-02T00:00:00+00:00")))
-    project_readme = (ROOT / "README.md").read_bytes()
+    project = {path: path.read_bytes() for path in (ROOT / "README.md", ROOT / "docs" / "results.md")}
     assert report.main(["--results", str(results)]) == 0
     printed = capsys.readouterr().out
     assert "### FLOPs: VIN vs full attention" in printed and "| 1024 | 320 | vin_context |" in printed
-    assert (ROOT / "README.md").read_bytes() == project_readme, "python -m bench.report must not rewrite README.md unasked"
+    assert all(path.read_bytes() == text for path, text in project.items()), "python -m bench.report must not write unasked"
 
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Results\n\n{report.BEGIN}\nold\n{report.END}\n\n## After\n")
-    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    tables, readme = docs / "results.md", tmp_path / "README.md"
+    tables.write_text(f"# Results\n\n{report.BEGIN}\nold\n{report.END}\n\nAfter\n")
+    readme.write_text(f"# x\n\n{report.HEADLINE_BEGIN}\nold\n{report.HEADLINE_END}\n\n## After\n")
+    without_markers = tmp_path / "plain.md"
+    without_markers.write_text("# no markers\n")
+    write = ["--results", str(results), "--write", "--tables", str(tables)]
+    with pytest.raises(SystemExit) as refused:
+        report.main([*write, "--readme", str(without_markers)])
+    assert refused.value.code == 2 and "plain.md has no <!-- bench-headline:begin -->" in capsys.readouterr().err
+    assert "old" in tables.read_text(), "nothing is written when one of the two files lacks its markers"
+    assert report.main([*write, "--readme", str(readme)]) == 0
+    text = tables.read_text()
     assert "### FLOPs: VIN vs full attention" in text and "| 1024 | 320 | vin_context |" in text
-    assert "\nold\n" not in text and text.endswith("## After\n")
-    assert "(results/cpu.json)" in text  # links relative to the README
+    assert "\nold\n" not in text and text.endswith("After\n")
+    assert "(../results/cpu.json)" in text  # links relative to the tables' folder
+    head = readme.read_text()
+    assert "\nold\n" not in head and head.endswith("## After\n")
+    assert "**FLOPs: VIN vs full attention** (" in head and "[tables](docs/results.md#flops-vin-vs-full-attention)" in head
+    assert max(map(len, head.splitlines())) <= 160
 
 
-def test_project_readme_has_the_results_section():
+def test_project_pages_have_their_markers():
+    assert report.BEGIN in (ROOT / "docs" / "results.md").read_text()
     text = (ROOT / "README.md").read_text()
-    assert report.BEGIN in text and report.END in text
+    assert report.HEADLINE_BEGIN in text and report.HEADLINE_END in text
 
 
 # ------------------------------------------------------------------------------------ CLI

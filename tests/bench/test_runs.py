@@ -207,7 +207,7 @@ def test_default_and_full_runs_pick_the_headline_slice_or_everything():
 
 def _kernel_rows():
     shape = kernels_suite.cpu_shapes(Context(torch.device("cpu"), quick=False, video_frames=(256,)))[0]
-    base = {"op": "chunk_attention", "shape": shape.label, "pass": "fwd"}
+    base = {"op": "chunk_attention", "shape": shape.label, "shape_args": kernels_suite._chunk_args(shape), "pass": "fwd"}
     rows = [
         base | {"impl": "vin_sdpa", "kind": "vin", "median_ms": 40.0, "flops": 2.0},
         base | {"impl": "vin_reference", "kind": "reference", "median_ms": 400.0, "flops": 2.0},
@@ -232,9 +232,12 @@ def test_kernels_table_leads_with_time_and_flops_over_full_attention():
     assert header.split("|")[6:10] == [" time / full ", " FLOPs / full ", " time / Flex ", " time / reference "]
     line = next(line for line in table.splitlines() if "| vin_sdpa |" in line)
     assert "| **0.40x** | 0.20 | 2.00x | **0.10x** |" in line  # below 1 (faster) in bold
-    assert "N=4800 (80 x 60), chunk 20 + context 8 frames, 128 globals, 6 heads, D=64" == shape.label
+    assert "N=4800 (80 x 60), chunk 20 + context 8 latent frames, 128 globals, 6 heads, D=64" == shape.label
     assert shape.label in line
-    assert kernels_suite.headline({"rows": rows})[0].startswith("chunk_attention fwd (vin_sdpa, N=4800")
+    assert kernels_suite.headline({"rows": rows}) == [
+        "chunk_attention (vin_sdpa; chunk 20 + context 8 latent frames, 128 globals, 6 heads, D=64), full attention's time "
+        "for its FLOPs: 80 latent frames (N=4800) fwd 0.40x for 0.20x; forward 2.00x FlexAttention's time"
+    ]
 
 
 def test_kernels_plot_writes_the_full_attention_ratio_beside_the_bars():
@@ -283,8 +286,8 @@ def test_flops_and_model_tables_define_the_modes_and_say_where_vin_wins():
     assert "| 256 | 80 | vin_context | 60 [59-62] | 0.8 | **0.60x** | 0.60 | 1 |" in table
     assert "| 256 | 80 | vin_windows | 110 [109-112] | 1.4 | 1.10x | 1.10 |" in table
     assert "*vin_context*: chunks of 20 latent frames" in table and "Fewer FLOPs per step than full attention" in table
-    assert model_suite.headline(body) == ["cpu preset, one denoising step, time of full attention's: vin_context at 256 video "
-                                          "frames 0.60x (FLOPs 0.60x), vin_windows at 256 video frames 1.10x (FLOPs 1.10x)"]  # fmt: skip
+    assert model_suite.headline(body) == ["cpu preset, one denoising step, time of full attention's (FLOPs) at 256 video "
+                                          "frames: vin_context 0.60x (0.60x); vin_windows 1.10x (1.10x)"]  # fmt: skip
 
 
 def test_model_plot_has_p20_p80_bars_plain_log_ticks_and_says_what_ran():

@@ -465,22 +465,22 @@ def memory_verdict(result: dict) -> str:
 
 
 def headline(result: dict) -> list[str]:
+    """The summary line: each mode's step time and FLOPs against stock's at the longest length, and
+    the spread of its peak memory per latent frame over the lengths."""
     longest = max(r["multiple"] for r in result["rows"])
-    out = []
-    for r in result["rows"]:
-        if r["multiple"] == longest and "time_ratio_to_stock" in r:
-            out.append(
-                f"Wan 1.3B-shaped, {r['latent_frames']} latent frames: {r['mode']} step {r['time_ratio_to_stock']:.2f}x "
-                f"stock's time for {r['flop_ratio_to_stock']:.2f}x its FLOPs"
-            )
+    at = [r for r in result["rows"] if r["multiple"] == longest and "time_ratio_to_stock" in r]
+    if not at:
+        return []
+    line = (f"Wan 1.3B-shaped at {at[0]['latent_frames']} latent frames ({longest}x native): "
+            + ", ".join(f"{r['mode']} {r['time_ratio_to_stock']:.2f}x stock's time for {r['flop_ratio_to_stock']:.2f}x its FLOPs" for r in at))
     spreads = []
     for mode in MODES:
         per = [r["rss_growth_per_latent_frame"] for r in result["rows"] if r["mode"] == mode and r.get("peak_rss_growth_bytes")]
         if len(per) >= 2:
             spreads.append(f"{mode} {max(per) / min(per):.2f}")
     if spreads:
-        out.append("peak memory per latent frame, max/min over the lengths: " + ", ".join(spreads))
-    return out
+        line += "; peak memory per latent frame, max/min over the lengths: " + ", ".join(spreads)
+    return [line]
 
 
 def files(result: dict, out, stem: str) -> list:

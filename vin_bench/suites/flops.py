@@ -113,8 +113,8 @@ def headline(result: dict) -> list[str]:
     longest = max(r["video_frames"] for r in rows)
     ratios = ", ".join(f"{r['mode']} {r['ratio_to_full']:.0%}" for r in rows if r["video_frames"] == longest and r["mode"] != "full")
     wins = result.get("wins_from_video_frames", {})
-    since = ", ".join(f"{m} from {f} video frames" for m, f in wins.items() if f)
-    return [f"paper preset at {longest} video frames: FLOPs of full attention's: {ratios}" + (f" (fewer FLOPs: {since})" if since else "")]
+    since = ", ".join(f"{f} video frames for {m}" for m, f in wins.items() if f)
+    return [f"paper preset at {longest} video frames: FLOPs of full attention's: {ratios}" + (f" (fewer from {since})" if since else "")]
 
 
 def markdown(result: dict) -> str:

@@ -72,18 +72,18 @@ class AttentionShape:
 
     @property
     def label(self) -> str:
-        """``N=4800 (80 x 60), chunk 20 + context 8 frames, 128 globals, 6 heads, D=64``."""
+        """``N=4800 (80 x 60), chunk 20 + context 8 latent frames, 128 globals, 6 heads, D=64``."""
         name = "" if self.name.startswith("N=") else f"{self.name}: "
         return (
             f"{name}N={self.tokens} ({self.frames} x {self.tokens_per_frame}), chunk {self.chunk} + context {self.context} "
-            f"frames, {self.num_global} globals, {self.heads} heads, D={self.head_dim}"
+            f"latent frames, {self.num_global} globals, {self.heads} heads, D={self.head_dim}"
         )
 
     @property
     def keyframe_label(self) -> str:
-        """The global read: ``128 global queries, keyframes every 5 of 80 frames (N=4800), 6 heads, D=64``."""
+        """The global read: ``128 global queries, keyframes every 5 of 80 latent frames (N=4800), 6 heads, D=64``."""
         return (
-            f"{self.num_global} global queries, keyframes every {self.keyframe_stride} of {self.frames} frames "
+            f"{self.num_global} global queries, keyframes every {self.keyframe_stride} of {self.frames} latent frames "
             f"(N={self.tokens}), {self.heads} heads, D={self.head_dim}"
         )
 
@@ -530,15 +530,30 @@ def run(ctx: Context) -> dict:
 
 # ------------------------------------------------------------------------------------ report
 def headline(result: dict) -> list[str]:
-    """The summary lines: chunk attention's time and FLOPs against full attention (and FlexAttention)."""
-    lines = []
+    """The summary line per implementation and shape family: chunk attention's time against full
+    attention's at each length beside its FLOP ratio, and against FlexAttention's."""
+    families: dict[tuple, dict[int, dict[str, dict]]] = {}
     for r in result["rows"]:
         if r["op"] == "chunk_attention" and r["kind"] == "vin" and "time_vs_full_attention" in r:
-            flex = f", {r['time_vs_flex_attention']:.2f}x FlexAttention's time" if "time_vs_flex_attention" in r else ""
-            lines.append(
-                f"chunk_attention {r['pass']} ({r['impl']}, {r['shape']}): {r['time_vs_full_attention']:.2f}x full "
-                f"attention's time for {r['flop_ratio_to_full']:.2f}x its FLOPs{flex}"
-            )
+            a = r["shape_args"]
+            name = "" if a.get("name", "N=").startswith("N=") else a["name"]  # N=... names a length, not a family
+            family = (r["impl"], name, a["chunk"], a["context"], a["num_global"], a["heads"], a["head_dim"])
+            families.setdefault(family, {}).setdefault(a["frames"], {})[r["pass"]] = r
+    lines = []
+    for (impl, name, chunk, context, globals_, heads, head_dim), lengths in families.items():
+        what = f"{name}: " if name else ""
+        per = []
+        for frames, passes in lengths.items():
+            first = next(iter(passes.values()))
+            times = ", ".join(f"{p} {r['time_vs_full_attention']:.2f}x" for p, r in passes.items())
+            per.append(f"{frames} latent frames (N={first['shape_args']['tokens']}) {times} for {first['flop_ratio_to_full']:.2f}x")
+        flex = sorted(r["time_vs_flex_attention"] for passes in lengths.values() for r in passes.values() if "time_vs_flex_attention" in r)
+        spread = f"{flex[0]:.2f}x" if flex and flex[0] == flex[-1] else f"{flex[0]:.2f}-{flex[-1]:.2f}x" if flex else ""
+        flex_text = f"; forward {spread} FlexAttention's time" if flex else ""
+        lines.append(
+            f"chunk_attention ({impl}; {what}chunk {chunk} + context {context} latent frames, {globals_} globals, {heads} heads, "
+            f"D={head_dim}), full attention's time for its FLOPs: {'; '.join(per)}{flex_text}"
+        )
     return lines
 
 

@@ -330,13 +330,18 @@ def _definitions(result: dict) -> list[str]:
 
 
 def headline(result: dict) -> list[str]:
-    """The summary line: each VIN mode's step time and FLOPs against full attention, per length."""
+    """The summary line: per VIN mode, its step time and FLOPs against full attention's at every length."""
+    rows = [r for r in result["rows"] if "time_ratio_to_full" in r]
+    if not rows:
+        return []
+    lengths = sorted({r["video_frames"] for r in rows})
+    modes = {m: {r["video_frames"]: r for r in rows if r["mode"] == m} for m in dict.fromkeys(r["mode"] for r in rows)}
     parts = [
-        f"{r['mode']} at {r['video_frames']} video frames {r['time_ratio_to_full']:.2f}x (FLOPs {r['flop_ratio_to_full']:.2f}x)"
-        for r in result["rows"]
-        if "time_ratio_to_full" in r
+        f"{mode} " + " / ".join(f"{by[f]['time_ratio_to_full']:.2f}x ({by[f]['flop_ratio_to_full']:.2f}x)" if f in by else "-" for f in lengths)
+        for mode, by in modes.items()
     ]
-    return [f"{result['preset']} preset, one denoising step, time of full attention's: {', '.join(parts)}"] if parts else []
+    return [f"{result['preset']} preset, one denoising step, time of full attention's (FLOPs) at "
+            f"{' / '.join(map(str, lengths))} video frames: {'; '.join(parts)}"]
 
 
 def markdown(result: dict) -> str:

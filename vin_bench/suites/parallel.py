@@ -257,12 +257,11 @@ def headline(result: dict) -> list[str]:
             f"paper preset, {r['video_frames']} video frames on {r['ranks']} GPUs (windows): "
             f"{100 * r['ratio_to_ulysses']:.3f}% of Ulysses' bytes per step (computed from the plan)"
         )
-    for r in result["rows"]:
-        if r["kind"] == "speed" and r["ranks"] == 2 and not r.get("halves_alone"):
-            lines.append(
-                f"2 processes ({r['layout']}): step speedup {r['step_speedup_median']:.2f}x, "
-                f"{100 * r.get('step_speedup_share_of_ceiling', float('nan')):.0f}% of the machine's two-process ceiling"
-            )
+    speed = [r for r in result["rows"] if r["kind"] == "speed" and r["ranks"] == 2 and not r.get("halves_alone")]
+    if speed:
+        lines.append("2 processes, step speedup (share of the machine's two-process ceiling): " + ", ".join(
+            f"{r['layout']} {r['step_speedup_median']:.2f}x ({100 * r.get('step_speedup_share_of_ceiling', float('nan')):.0f}%)"
+            for r in speed))
     return lines
 
 

@@ -726,6 +726,33 @@ def markdown(result: dict, brief: bool = False) -> str:
     return "\n".join(lines)
 
 
+MATRIX_COVERAGE = {"quick": 0, "headline": 1, "default": 2, "full": 3}
+
+
+def coverage(result: dict) -> int:
+    """How much of the matrix a run compiled (the report shows the widest run: the full matrix over a slice)."""
+    return MATRIX_COVERAGE.get(result["matrix"], 0)
+
+
+def headline(result: dict) -> list[str]:
+    """The summary line: per Triton version, problems among the 16-bit options the archs may pick; the
+    fp32 options' problems, worst shared memory and spills."""
+    pickable = [r for r in result["rows"] if r["pickable"]]
+    if not pickable:
+        return []
+    archs = sorted({r["arch"] for r in pickable}, key=ARCH_NAMES.index)
+    where = f"{len(archs)} archs ({archs[0]}-{archs[-1]})" if len(archs) > 2 else ", ".join(archs)
+    groups = sorted(_by(pickable, "triton").items(), key=lambda kv: _version_key(kv[0][0]))
+    half = ", ".join(f"Triton {v} {sum(1 for r in g if r['dtype'] != 'fp32' and r['problems'])} of "
+                     f"{sum(1 for r in g if r['dtype'] != 'fp32')}" for (v,), g in groups)
+    line = f"16-bit options with problems on {where}: {half}"
+    full = [r for r in pickable if r["dtype"] == "fp32" and "error" not in r and r["uses_dot"]]
+    if full:
+        line += (f"; fp32: {sum(1 for r in full if r['problems'])} of {len(full)} with problems, shared <= "
+                 f"{max(r['shared_bytes'] for r in full) / 1024:.0f} KB, spills <= {max(r['spill_bytes'] for r in full)} B")
+    return [line]
+
+
 def readme_markdown(result: dict) -> str:
     """The README's part of the report: :func:`markdown` without the per-option tables."""
     return markdown(result, brief=True)
