@@ -324,3 +324,24 @@ def test_cpu_kernel_rows_are_timed_in_alternation():
     assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then 3 rounds of one call each
     assert [r["impl"] for r in rows] == ["a", "x", "b"]
     assert rows[1]["error"] == "RuntimeError: no kernel here" and len(rows[0]["times_ms"]) == 3 and "gbps" in rows[2]
+
+
+def test_full_model_run_times_a_training_step_against_full_attention(monkeypatch):
+    """Issue 20: the training step's ratio to full attention is measured (--full), beside its FLOP ratio."""
+    monkeypatch.setattr(model_suite, "TRAIN_VIDEO_FRAMES", 64)  # 20 latent frames of the tiny preset: seconds
+    preset = vin.presets.tiny()
+    torch.manual_seed(0)
+    model, net_vin = preset.build()
+    ctx = Context(torch.device("cpu"), quick=False, video_frames=(64,), options=argparse.Namespace(full=True))
+    rows = model_suite._measure_training(ctx, preset, model, net_vin)
+    assert [r["mode"] for r in rows] == ["full", "vin_context"] and all(len(r["step_times_ms"]) == 5 for r in rows)
+    vin_row = rows[1]
+    frames = latent_frames(64)
+    full_flops = vin.flops.training_step_flops(preset, frames, None).total
+    assert vin_row["flop_ratio_to_full"] == vin.flops.training_step_flops(preset, frames, preset.train_layout(frames)).total / full_flops
+    assert vin_row["time_ratio_to_full"] == vin_row["step_median_ms"] / rows[0]["step_median_ms"] > 0
+    body = {"preset": "tiny", "dtype": "float32", "threads": 2, "device_kind": "cpu", "rows": [], "training": rows}
+    assert f"a training step at 64 video frames: vin_context {vin_row['time_ratio_to_full']:.2f}x" in model_suite.headline(
+        body | {"rows": [{"mode": "vin_context", "video_frames": 64, "time_ratio_to_full": 0.5, "flop_ratio_to_full": 0.5}]})[0]
+    table = "\n".join(model_suite.training_markdown(body))
+    assert "| 64 | 20 | vin_context |" in table and "| 64 | 20 | full |" in table

@@ -13,6 +13,11 @@ the median of 3 steps (``--full``: 5) after a warm-up, the modes of a length tim
 and the peak resident memory above the pre-step level (sampled every 5 ms from /proc/self/statm). Full attention
 runs on the same ``sdpa`` backend, the fastest CPU path. ``--quick`` on a CPU: the tiny preset at two
 lengths, latency only.
+
+Training (``--full``, any device): one step of :func:`vin.training_loss` and its backward at
+:data:`TRAIN_VIDEO_FRAMES` video frames, the training layout with the VIN against full attention
+without it (the same DiT, ``layout=None``), timed in alternation like the CPU steps, beside
+:func:`vin.flops.training_step_flops`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ CPU_FULL_VIDEO_FRAMES = (64, 128, 256, 512)  # --full; a full-attention step at 
 # The longest --frames length on a CPU: a full-attention step at 1024 video frames (320 latent) is
 # about 4x the 5 s measured at 512, so 6 steps per mode and the memory pass take minutes.
 CPU_MAX_VIDEO_FRAMES_GIVEN = 1024
+TRAIN_VIDEO_FRAMES = 256  # --full: a training step at 80 latent frames (cpu preset: ~2 s fwd+bwd with full attention, 2 cores)
+TRAIN_MODES = ("full", "vin_context")
 
 
 def supported(device: torch.device) -> bool:
@@ -177,6 +184,49 @@ def _step(preset, model, net_vin, mode: str, frames: int, device, bar=None):
     return step, layout, with_vin, text
 
 
+def _train_step(preset, model, net_vin, mode: str, frames: int, device, bar=None):
+    """One training step of ``mode`` (loss and backward, gradients dropped) on a random video."""
+    dit = preset.dit
+    generator = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randn(1, frames, dit.in_channels, dit.height, dit.width, device=device, generator=generator)
+    text = torch.randn(1, dit.text_len, dit.text_dim, device=device, generator=generator)
+    layout, step_vin = (None, None) if mode == "full" else (preset.train_layout(frames), net_vin)
+    params = [p for net in (model, step_vin) if net is not None for p in net.parameters()]
+
+    def step():
+        loss = vin.training_loss(model, step_vin, x0, text, layout, generator)
+        torch.autograd.grad(loss, params)
+        if bar is not None:
+            bar.update()
+
+    return step, layout, step_vin is not None
+
+
+def _measure_training(ctx: Context, preset, model, net_vin, bar=None) -> list[dict]:
+    """``--full``: a training step of each of :data:`TRAIN_MODES` at :data:`TRAIN_VIDEO_FRAMES`, timed in
+    alternation (each mode's warm-up, then rounds of one step per mode); ratios to full attention's."""
+    frames = latent_frames(TRAIN_VIDEO_FRAMES)
+    prepared = {mode: _train_step(preset, model, net_vin, mode, frames, ctx.device, bar) for mode in TRAIN_MODES}
+    warmup, iters = _iterations(ctx)
+    for mode in TRAIN_MODES:
+        measure(prepared[mode][0], ctx.device, warmup=warmup, iters=0)
+    times = {mode: [] for mode in TRAIN_MODES}
+    for _ in range(iters):
+        for mode in TRAIN_MODES:
+            times[mode] += measure(prepared[mode][0], ctx.device, warmup=0, iters=1)
+    rows = []
+    for mode in TRAIN_MODES:
+        _, layout, with_vin = prepared[mode]
+        flops = vin.flops.training_step_flops(preset, frames, layout, with_vin=with_vin).total
+        rows.append({"mode": mode, "video_frames": TRAIN_VIDEO_FRAMES, "latent_frames": frames, "layout": repr(layout),
+                     "flops_per_step": flops, "step_times_ms": times[mode], **{f"step_{k}": v for k, v in summary(times[mode]).items()}})
+    full = rows[0]
+    for r in rows[1:]:
+        r["time_ratio_to_full"] = r["step_median_ms"] / full["step_median_ms"]
+        r["flop_ratio_to_full"] = r["flops_per_step"] / full["flops_per_step"]
+    return rows
+
+
 def _iterations(ctx: Context) -> tuple[int, int]:
     """``(warm-up, timed)`` steps per mode and length."""
     if ctx.device.type == "cuda":
@@ -278,7 +328,9 @@ def run(ctx: Context) -> dict:
     warmup, iters = _iterations(ctx)
     samples = {f: gpu and f <= SAMPLE_MAX_FRAMES and ctx.full and not ctx.quick or not gpu and ctx.quick for f, _ in items}
     # One count per denoising step: warm-up and timed steps, whole samples, and (CPU) the memory pass.
+    train = ctx.full and not ctx.quick
     total = len(items) * (warmup + iters + (0 if gpu else 1)) + sum(_sample_steps(ctx, preset) for f, _ in items if samples[f])
+    total += len(TRAIN_MODES) * (warmup + iters) if train else 0
     with ctx.progress.bar(total, desc=f"model: {name} preset, denoising steps") as bar:
         for video_frames in dict.fromkeys(f for f, _ in items):
             if not gpu:
@@ -295,11 +347,12 @@ def run(ctx: Context) -> dict:
                 torch.cuda.empty_cache()
         _flop_ratios(rows)
         live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows, bar)
+        training = _measure_training(ctx, preset, model, net_vin, bar) if train else []
     return {
         "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps, "iterations": [warmup, iters],
         "threads": torch.get_num_threads(), "device_kind": device.type, "rss_tracks_live_memory": live_memory,
         "definitions": layout_definitions(preset), "mode_caption": mode_caption(preset), "wins_from_video_frames": {m: wins_from(preset, m) for m in MODES[1:]},
-        "full": ctx.full, "rows": rows,
+        "full": ctx.full, "rows": rows, "training": training,
     }  # fmt: skip
 
 
@@ -340,8 +393,27 @@ def headline(result: dict) -> list[str]:
         f"{mode} " + " / ".join(f"{by[f]['time_ratio_to_full']:.2f}x ({by[f]['flop_ratio_to_full']:.2f}x)" if f in by else "-" for f in lengths)
         for mode, by in modes.items()
     ]
-    return [f"{result['preset']} preset, one denoising step, time of full attention's (FLOPs) at "
-            f"{' / '.join(map(str, lengths))} video frames: {'; '.join(parts)}"]
+    line = (f"{result['preset']} preset, one denoising step, time of full attention's (FLOPs) at "
+            f"{' / '.join(map(str, lengths))} video frames: {'; '.join(parts)}")
+    line += "".join(f"; a training step at {r['video_frames']} video frames: {r['mode']} {r['time_ratio_to_full']:.2f}x "
+                    f"({r['flop_ratio_to_full']:.2f}x)" for r in result.get("training", []) if "time_ratio_to_full" in r)
+    return [line]
+
+
+def training_markdown(result: dict) -> list[str]:
+    """The training-step table (``--full``), or nothing."""
+    rows = result.get("training", [])
+    if not rows:
+        return []
+    lines = ["", f"One training step (`vin.training_loss` and its backward, batch 1, median of {len(rows[0]['step_times_ms'])} "
+             "alternated steps after a warm-up): *vin_context* trains chunks with context and the VIN, *full* the same "
+             "DiT with full attention and no VIN. FLOPs: `vin.flops.training_step_flops`.", "",
+             "| video frames | latent frames | mode | step ms | time / full | FLOPs / full |", "| ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        flops = f"{r['flop_ratio_to_full']:.2f}" if "flop_ratio_to_full" in r else "-"
+        lines.append(f"| {r['video_frames']} | {r['latent_frames']} | {r['mode']} | {r['step_median_ms']:.0f} "
+                     f"[{r['step_p20_ms']:.0f}-{r['step_p80_ms']:.0f}] | {ratio_cell(r.get('time_ratio_to_full')) or '-'} | {flops} |")
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -370,7 +442,7 @@ def markdown(result: dict) -> str:
             f"{fmt(r.get('nvml_peak_memory_bytes'), 2**30, 2)} | {fmt(r.get('mean_power_w'), digits=0)} | "
             f"{fmt(r.get('mean_sm_clock_mhz'), digits=0)} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + training_markdown(result))
 
 
 def _cpu_markdown(result: dict) -> str:
@@ -400,4 +472,4 @@ def _cpu_markdown(result: dict) -> str:
             f"{r['step_median_ms']:.0f} [{r['step_p20_ms']:.0f}-{r['step_p80_ms']:.0f}] | "
             f"{r['step_ms_per_latent_frame']:.1f} | {time_ratio} | {flop_ratio} | {rss} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + training_markdown(result))
