@@ -202,18 +202,25 @@ def _train_step(preset, model, net_vin, mode: str, frames: int, device, bar=None
     return step, layout, step_vin is not None
 
 
+def _alternated(ctx: Context, steps: dict) -> dict[str, list[float]]:
+    """Times (ms) of each ``steps[mode]()``: every mode's warm-up, then rounds of one call per mode, so
+    that other work on a shared machine slows the modes of a round alike and their ratios stay comparable."""
+    warmup, iters = _iterations(ctx)
+    for step in steps.values():
+        measure(step, ctx.device, warmup=warmup, iters=0)
+    times = {mode: [] for mode in steps}
+    for _ in range(iters):
+        for mode, step in steps.items():
+            times[mode] += measure(step, ctx.device, warmup=0, iters=1)
+    return times
+
+
 def _measure_training(ctx: Context, preset, model, net_vin, bar=None) -> list[dict]:
     """``--full``: a training step of each of :data:`TRAIN_MODES` at :data:`TRAIN_VIDEO_FRAMES`, timed in
     alternation (each mode's warm-up, then rounds of one step per mode); ratios to full attention's."""
     frames = latent_frames(TRAIN_VIDEO_FRAMES)
     prepared = {mode: _train_step(preset, model, net_vin, mode, frames, ctx.device, bar) for mode in TRAIN_MODES}
-    warmup, iters = _iterations(ctx)
-    for mode in TRAIN_MODES:
-        measure(prepared[mode][0], ctx.device, warmup=warmup, iters=0)
-    times = {mode: [] for mode in TRAIN_MODES}
-    for _ in range(iters):
-        for mode in TRAIN_MODES:
-            times[mode] += measure(prepared[mode][0], ctx.device, warmup=0, iters=1)
+    times = _alternated(ctx, {mode: p[0] for mode, p in prepared.items()})
     rows = []
     for mode in TRAIN_MODES:
         _, layout, with_vin = prepared[mode]
@@ -284,13 +291,7 @@ def _measure_length(ctx: Context, preset, model, net_vin, video_frames: int, sam
     ratios to full attention stay comparable."""
     frames = latent_frames(video_frames)
     prepared = {mode: _step(preset, model, net_vin, mode, frames, ctx.device, bar) for mode in MODES}
-    warmup, iters = _iterations(ctx)
-    for mode in MODES:
-        measure(prepared[mode][0], ctx.device, warmup=warmup, iters=0)
-    times = {mode: [] for mode in MODES}
-    for _ in range(iters):
-        for mode in MODES:
-            times[mode] += measure(prepared[mode][0], ctx.device, warmup=0, iters=1)
+    times = _alternated(ctx, {mode: p[0] for mode, p in prepared.items()})
     return [_row(ctx, preset, model, net_vin, mode, video_frames, prepared[mode], times[mode], sample, bar) for mode in MODES]
 
 
