@@ -347,8 +347,8 @@ def run(ctx: Context) -> dict:
                     stopped.add(mode)
                 torch.cuda.empty_cache()
         _flop_ratios(rows)
-        live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows, bar)
         training = _measure_training(ctx, preset, model, net_vin, bar) if train else []
+        live_memory = not gpu and _cpu_memory(preset, model, net_vin, rows, bar)  # last: it makes glibc mmap large blocks
     return {
         "preset": name, "dtype": "bfloat16" if gpu else "float32", "steps": preset.steps, "iterations": [warmup, iters],
         "threads": torch.get_num_threads(), "device_kind": device.type, "rss_tracks_live_memory": live_memory,
