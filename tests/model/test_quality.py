@@ -292,3 +292,19 @@ def test_the_suite_states_the_time_its_committed_run_measured():
         pytest.skip("no committed run of this quality suite")
     minutes = round(results[-1]["suites"]["quality"]["total_seconds"] / 60)
     assert re.search(rf"\b{minutes} minutes", suite.OPT_IN), (suite.OPT_IN, minutes)
+
+
+def test_workers_log_lines_not_progress_bars_without_a_terminal(monkeypatch, capsys):
+    """Issue 19.3: the workers' tqdm bars filled a log with ~0.5 MB of redrawn lines; without a terminal a
+    worker prints one line per tenth of its training."""
+    import dataclasses
+
+    from vin_bench.suites import quality as suite
+
+    settings = dataclasses.replace(suite.TRAIN, steps=10, warmup=2)
+    job = {"model": "vin", "preset": vin.presets.quality(), "settings": settings, "device": "cpu", "frames": 8, "videos": 1,
+           "sample_seed": 1, "threads": 0, "progress": False, "variants": []}  # fmt: skip
+    monkeypatch.setattr(suite, "CURVE_POINTS", 0)
+    suite._train_and_sample(job)
+    err = capsys.readouterr().err
+    assert err.count("quality: train vin: step ") == 10 and "it/s" not in err and "\r" not in err

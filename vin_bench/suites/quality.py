@@ -36,6 +36,7 @@ import base64
 import dataclasses
 import math
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -152,9 +153,12 @@ def _train_and_sample(job: dict) -> dict:
                             generator=generator, schedule=preset.schedule)  # fmt: skip
         curve[step] = metrics.evaluate(videos, layout)["mawe"]
 
+    def log(line: str) -> None:  # without a terminal: a line per tenth of the training, not a bar redrawn per step
+        print(f"  quality: train {job['model']}: {line}", file=sys.stderr, flush=True)
+
     start = time.perf_counter()
     trained = train(preset, settings, device=job["device"], progress=job["progress"], desc=f"train {job['model']}",
-                    diagnose=CURVE_POINTS, checkpoint=checkpoint)  # fmt: skip
+                    log=None if job["progress"] else log, diagnose=CURVE_POINTS, checkpoint=checkpoint)  # fmt: skip
     result = {"model": job["model"], "losses": trained.losses, "train_seconds": trained.seconds, "threads": trained.threads,
               "diagnostics": trained.diagnostics, "mawe_curve": curve, "variants": {}}  # fmt: skip
     if not settings.full_attention:
@@ -217,7 +221,7 @@ def run(ctx: Context) -> dict:
     jobs = [
         {"model": model, "preset": preset, "settings": settings, "device": str(ctx.device), "frames": frames,
          "videos": videos, "sample_seed": 1, "threads": max(1, cores // workers) if cpu else 0,
-         "progress": True, "variants": [v for v, (m, _, _) in VARIANTS.items() if m == model]}
+         "progress": sys.stderr.isatty(), "variants": [v for v, (m, _, _) in VARIANTS.items() if m == model]}
         for model in ("vin", "full_attention", "no_vin", "vin_context_0")  # the longest first: two workers finish together
     ]  # fmt: skip
     reference = data.generate(videos, frames, seed=settings.seed, split="eval")
