@@ -299,15 +299,9 @@ def _single_process_reference(layout, batch, kwargs):
 
 
 @pytest.fixture(scope="module")
-def spawned(request):
+def spawned(request, launch_test_job):
     """The results of _rank_job on 3 spawned gloo processes (one thread each)."""
-    parts = _rank_job.__module__.split(".")  # the children import this module by that name
-    path = str(Path(__file__).resolve().parents[len(parts) - 1])
-    sys.path.insert(0, path)
-    try:
-        return parallel.launch(_rank_job, 3, backend="gloo", threads=1)
-    finally:
-        sys.path.remove(path)
+    return launch_test_job(_rank_job, 3)
 
 
 @pytest.mark.parametrize("name", list(_scenarios()))

@@ -2,8 +2,6 @@
 gloo processes (one thread each), for an eps and a v model, with clipping on fused, late-fusion and
 context-layout steps (the tiny preset, every weight random)."""
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -45,14 +43,8 @@ def _rank_job():
 
 
 @pytest.fixture(scope="module")
-def spawned():
-    parts = _rank_job.__module__.split(".")  # the children import this module by that name
-    path = str(Path(__file__).resolve().parents[len(parts) - 1])
-    sys.path.insert(0, path)
-    try:
-        return parallel.launch(_rank_job, 2, backend="gloo", threads=1)
-    finally:
-        sys.path.remove(path)
+def spawned(launch_test_job):
+    return launch_test_job(_rank_job, 2)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
